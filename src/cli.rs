@@ -1,0 +1,233 @@
+//! The command line: `weir run`, `weir validate`, `weir generate demo-logs`.
+//!
+//! anyhow stops here: library errors are typed; this layer adds context and maps the outcome to
+//! an exit code (0 success, 1 runtime error, 2 invalid configuration or usage).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError};
+use crate::generate::{self, DemoOptions};
+use crate::server;
+use crate::telemetry::{self, SelfMetrics};
+use crate::topology::{self, RunOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "Structured JSON logs in; Prometheus metrics out.",
+    long_about = "weir reads structured JSON logs (stdin or files), derives Prometheus metrics \
+                  declared in a pipeline file, and serves them on /metrics. With no --config it \
+                  runs the embedded agent-system pipeline (pipelines/agents.toml)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline: read stdin (or FILEs), derive metrics, serve /metrics.
+    Run(RunArgs),
+    /// Check a pipeline file: exit 0, or print where it is wrong and exit 2.
+    Validate(ValidateArgs),
+    /// Generate data.
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Pipeline file. Default: the embedded pipelines/agents.toml.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Address for /metrics, /health and /ready (a port alone means 0.0.0.0:PORT).
+    /// Default: 0.0.0.0:$METRICS_PORT, else 0.0.0.0:9090.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Read the input to its end, print the final metrics (Prometheus text format) on stdout
+    /// and exit. Serves nothing.
+    #[arg(long)]
+    pub oneshot: bool,
+    /// Progress bar for files on stderr: auto (when stderr is a terminal), always, never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub progress: String,
+    /// Files to read instead of stdin (read in order, to their end).
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Pipeline file to check.
+    #[arg(long, short)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Agent-system JSON logs, deterministic for a given seed.
+    DemoLogs(DemoLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoLogsArgs {
+    /// Number of lines; 0 writes until the output is closed.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    pub count: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Fraction of lines (0 to 1) replaced by truncated JSON or plain text.
+    #[arg(long, default_value_t = 0.0)]
+    pub malformed_rate: f64,
+    /// Lines per second; 0 is as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Stamp lines with the current time (for a live demo) instead of a clock from 2024-01-01.
+    #[arg(long)]
+    pub live: bool,
+    /// Output file. Default: stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+}
+
+/// Resolves the listen address from `--listen`, then `METRICS_PORT`, then the default.
+pub fn listen_addr(flag: Option<&str>, env_port: Option<&str>) -> anyhow::Result<SocketAddr> {
+    let text = match (flag, env_port) {
+        (Some(f), _) => f.to_string(),
+        (None, Some(p)) if !p.trim().is_empty() => p.trim().to_string(),
+        _ => "0.0.0.0:9090".to_string(),
+    };
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    text.parse::<SocketAddr>()
+        .with_context(|| format!("invalid listen address {text:?}: expected HOST:PORT or a port"))
+}
+
+/// Runs the command; returns the exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run_pipeline(args),
+        Command::Validate(args) => {
+            let selfm = SelfMetrics::new();
+            match config::load(Some(&args.config), &selfm) {
+                Ok(p) => {
+                    println!(
+                        "{}: ok ({} metrics)",
+                        args.config.display(),
+                        p.deriver.metrics().len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => config_error(e),
+            }
+        }
+        Command::Generate(GenerateCommand::DemoLogs(a)) => {
+            if !(0.0..=1.0).contains(&a.malformed_rate) {
+                anyhow::bail!("--malformed-rate must be between 0 and 1");
+            }
+            let opts = DemoOptions {
+                count: a.count,
+                seed: a.seed,
+                malformed_rate: a.malformed_rate,
+                rate: a.rate,
+                live: a.live,
+            };
+            match &a.output {
+                Some(p) => {
+                    let f = std::fs::File::create(p)
+                        .with_context(|| format!("cannot create {}", p.display()))?;
+                    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                    generate::demo_logs(&opts, &mut w)?;
+                    w.flush()?;
+                }
+                None => {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+                    generate::demo_logs(&opts, &mut w)?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn config_error(e: ConfigError) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {e}");
+    Ok(ExitCode::from(2))
+}
+
+fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_tracing();
+    let selfm = SelfMetrics::new();
+    let pipeline = match config::load(args.config.as_deref(), &selfm) {
+        Ok(p) => p,
+        Err(e) => return config_error(e),
+    };
+    let listen = if args.oneshot {
+        None
+    } else {
+        let env = std::env::var("METRICS_PORT").ok();
+        Some(listen_addr(args.listen.as_deref(), env.as_deref())?)
+    };
+    let progress = match args.progress.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal(),
+    } && !args.files.is_empty();
+    let registry = pipeline.registry.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let shutdown = CancellationToken::new();
+    runtime.spawn(crate::shutdown::watch_signals(shutdown.clone()));
+    let opts = RunOptions {
+        files: args.files,
+        listen,
+        progress,
+    };
+    runtime.block_on(topology::run(pipeline, opts, selfm.clone(), shutdown))?;
+    if args.oneshot {
+        let text = server::exposition(&registry, &selfm)?;
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            r => r.context("writing the exposition")?,
+        }
+    }
+    tracing::info!("stopped");
+    // The stdin reader may still sit in a blocking read; don't wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_precedence() {
+        assert_eq!(listen_addr(None, None).unwrap().to_string(), "0.0.0.0:9090");
+        assert_eq!(listen_addr(None, Some("9100")).unwrap().to_string(), "0.0.0.0:9100");
+        assert_eq!(
+            listen_addr(Some("127.0.0.1:1234"), Some("9100")).unwrap().to_string(),
+            "127.0.0.1:1234"
+        );
+        assert_eq!(listen_addr(Some("8080"), None).unwrap().to_string(), "0.0.0.0:8080");
+        assert!(listen_addr(Some("nonsense"), None).is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

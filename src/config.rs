@@ -1,0 +1,276 @@
+//! Pipeline files: the TOML schema, loading, and compilation into runnable parts.
+//!
+//! Loading is two steps, as STYLE.md asks: serde reads the file into plain config types (every
+//! struct `deny_unknown_fields`), then [`PipelineConfig::compile`] checks what serde cannot
+//! (conditions, regexes, metric and label names, buckets, duplicates) and builds the parser and
+//! the deriver. Compilation does no I/O, so `weir validate` is exactly load + compile. Every
+//! error names the file, line and column, quotes the line and says what was expected.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use prometheus::Registry;
+use serde::Deserialize;
+
+use crate::derive::{CompiledMetric, Deriver, MetricConfig};
+use crate::parse::{EventConfig, LineParser, PathTrie};
+use crate::source::SourceConfig;
+use crate::telemetry::SelfMetrics;
+
+/// The default pipeline, compiled in: the agent system's metrics.
+pub const DEFAULT_PIPELINE: &str = include_str!("../pipelines/agents.toml");
+/// How the default pipeline is named in messages.
+pub const DEFAULT_PIPELINE_NAME: &str = "<embedded pipelines/agents.toml>";
+
+/// A pipeline file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Where the event fields come from (`[event]`).
+    #[serde(default)]
+    pub event: EventConfig,
+    /// Inputs (`[[sources]]`). Default: stdin, or the files named on the command line.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Derived metrics (`[[metrics]]`).
+    #[serde(default)]
+    pub metrics: Vec<MetricConfig>,
+}
+
+/// An error in a part of the file, located by byte span; [`ConfigError::Invalid`] once placed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompileError {
+    pub span: Range<usize>,
+    pub message: String,
+}
+
+impl CompileError {
+    pub fn at(span: Range<usize>, message: impl Into<String>) -> Self {
+        CompileError {
+            span,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read pipeline file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A located error: syntax, schema (unknown key, wrong type) or a failed check.
+    #[error("{}", .0)]
+    Invalid(Located),
+}
+
+/// A message with its place in a file and the line quoted.
+#[derive(Debug)]
+pub struct Located {
+    pub path: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub source_line: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let num = self.line.to_string();
+        let pad = " ".repeat(num.len());
+        write!(
+            f,
+            "{}:{}:{}: {}\n{pad} |\n{num} | {}\n{pad} | {}^",
+            self.path,
+            self.line,
+            self.column,
+            self.message,
+            self.source_line,
+            " ".repeat(self.column.saturating_sub(1))
+        )
+    }
+}
+
+/// Places a byte offset of `text` as 1-based line and column (in characters).
+fn locate(path: &str, text: &str, offset: usize, message: String) -> Located {
+    let offset = offset.min(text.len());
+    let offset = (0..=offset)
+        .rev()
+        .find(|&o| text.is_char_boundary(o))
+        .unwrap_or(0);
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    Located {
+        path: path.to_string(),
+        line: text[..offset].matches('\n').count() + 1,
+        column: text[line_start..offset].chars().count() + 1,
+        message,
+        source_line: text[line_start..line_end].trim_end_matches('\r').to_string(),
+    }
+}
+
+/// A pipeline compiled and ready to run.
+pub struct CompiledPipeline {
+    /// Where the pipeline came from, for logs.
+    pub origin: String,
+    pub parser: LineParser,
+    pub deriver: Deriver,
+    /// The registry holding the derived metrics (weir's own are in [`SelfMetrics`]).
+    pub registry: Registry,
+    pub sources: Vec<SourceConfig>,
+}
+
+impl PipelineConfig {
+    /// Parses pipeline text; `path` names it in errors.
+    pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            ConfigError::Invalid(locate(path, text, at, e.message().trim().to_string()))
+        })
+    }
+
+    /// Compiles the pipeline: parse settings and metrics (registered in a new registry). Pure:
+    /// no I/O. `path` and `text` are what was parsed, to place errors.
+    pub fn compile(
+        &self,
+        path: &str,
+        text: &str,
+        selfm: &SelfMetrics,
+    ) -> Result<CompiledPipeline, ConfigError> {
+        let place = |e: CompileError| ConfigError::Invalid(locate(path, text, e.span.start, e.message));
+        let registry = Registry::new();
+        let mut trie = PathTrie::new();
+        let event_paths = self.event.intern(&mut trie);
+        let mut metrics: Vec<CompiledMetric> = Vec::with_capacity(self.metrics.len());
+        for (i, m) in self.metrics.iter().enumerate() {
+            if let Some(first) = self.metrics[..i]
+                .iter()
+                .find(|o| o.name.get_ref() == m.name.get_ref())
+            {
+                let first_line = locate(path, text, first.name.span().start, String::new()).line;
+                return Err(place(CompileError::at(
+                    m.name.span(),
+                    format!(
+                        "duplicate metric name {:?} (first defined on line {first_line}); each metric needs its own name",
+                        m.name.get_ref(),
+                    ),
+                )));
+            }
+            metrics.push(m.compile(&mut trie, &registry, selfm).map_err(place)?);
+        }
+        if self.event.max_line_bytes == 0 {
+            return Err(place(CompileError::at(
+                text.find("max_line_bytes").unwrap_or(0)..0,
+                "event.max_line_bytes must be at least 1",
+            )));
+        }
+        Ok(CompiledPipeline {
+            origin: path.to_string(),
+            parser: event_paths.into_parser(trie),
+            deriver: Deriver::new(metrics),
+            registry,
+            sources: self.sources.clone(),
+        })
+    }
+}
+
+/// Reads and compiles a pipeline file, or the embedded default when `path` is `None`.
+pub fn load(path: Option<&Path>, selfm: &SelfMetrics) -> Result<CompiledPipeline, ConfigError> {
+    let (name, text) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            (p.display().to_string(), text)
+        }
+        None => (DEFAULT_PIPELINE_NAME.to_string(), DEFAULT_PIPELINE.to_string()),
+    };
+    PipelineConfig::parse(&name, &text)?.compile(&name, &text, selfm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        let selfm = SelfMetrics::new();
+        match PipelineConfig::parse("p.toml", text).and_then(|c| c.compile("p.toml", text, &selfm))
+        {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_default_pipeline_compiles() {
+        let p = load(None, &SelfMetrics::new()).unwrap();
+        let names: Vec<_> = p.deriver.metrics().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "agent_task_duration_seconds",
+                "agent_task_success_total",
+                "agent_task_failure_total",
+                "agent_queue_depth"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_column_and_the_expected_keys() {
+        let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nwhn = \"true\"\n");
+        assert!(e.starts_with("p.toml:4:1: unknown field `whn`, expected one of"), "{e}");
+        assert!(e.contains("`when`"), "{e}");
+        assert!(e.contains("4 | whn = \"true\"\n  | ^"), "{e}");
+    }
+
+    #[test]
+    fn bad_kind_and_syntax() {
+        let e = err("[[metrics]]\nname = \"a\"\nkind = \"countr\"\n");
+        assert!(e.starts_with("p.toml:3:8: unknown variant `countr`, expected one of `counter`, `gauge`, `histogram`"), "{e}");
+        let e = err("[[metrics]\n");
+        assert!(e.starts_with("p.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn bad_condition_points_into_the_string() {
+        let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nwhen = 'message == \"x\" &&'\n");
+        assert_eq!(
+            e,
+            "p.toml:4:26: invalid condition: expected a field path, `exists(...)`, `!` or `(`\n  |\n4 | when = 'message == \"x\" &&'\n  |                          ^"
+        );
+    }
+
+    #[test]
+    fn bad_regex() {
+        let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nwhen = 'message =~ \"(unclosed\"'\n");
+        assert!(e.starts_with("p.toml:4:20: invalid condition: expected a valid regular expression"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_metric_names() {
+        let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\n\n[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\n");
+        assert!(e.starts_with("p.toml:6:8: duplicate metric name \"a_total\" (first defined on line 2)"), "{e}");
+    }
+
+    #[test]
+    fn label_and_value_checks() {
+        let e = err("[[metrics]]\nname = \"h\"\nkind = \"histogram\"\nvalue = \"d\"\nlabels = { le = \"x\" }\n");
+        assert!(e.contains("invalid label name \"le\""), "{e}");
+        let e = err("[[metrics]]\nname = \"h\"\nkind = \"counter\"\nlabels = { __x = \"x\" }\n");
+        assert!(e.contains("reserved by Prometheus"), "{e}");
+        let e = err("[[metrics]]\nname = \"g\"\nkind = \"gauge\"\n");
+        assert!(e.starts_with("p.toml:2:8: metric \"g\": a gauge needs `value"), "{e}");
+        let e = err("[[metrics]]\nname = \"h\"\nkind = \"histogram\"\nvalue = \"d\"\nbuckets = [1, 0.5]\n");
+        assert!(e.contains("strictly increasing"), "{e}");
+        let e = err("[[metrics]]\nname = \"weir_x\"\nkind = \"counter\"\n");
+        assert!(e.contains("reserved for weir's own metrics"), "{e}");
+        let e = err("[[metrics]]\nname = \"9x\"\nkind = \"counter\"\n");
+        assert!(e.contains("invalid metric name"), "{e}");
+        let e = err("[[metrics]]\nname = \"c\"\nkind = \"counter\"\nlabels = { a = { from = \"x\", dflt = \"u\" } }\n");
+        assert!(e.contains("unknown field `dflt`"), "{e}");
+    }
+}

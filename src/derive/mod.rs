@@ -1,0 +1,445 @@
+//! Deriving metrics from events: `[[metrics]]` of a pipeline file, compiled, then applied to
+//! every event on the hot path.
+//!
+//! Each metric is a counter (adds 1, or a field's value), a gauge (set to a field's value) or a
+//! histogram (observes a field's value, or a duration from a start/end pair, see [`pair`]), updated
+//! when its `when` condition ([`condition`]) matches. Labels come from fields, with a default for
+//! events that lack one. Each metric's label sets are capped and expire when idle ([`series`]).
+//!
+//! Invariants: [`Deriver::apply`] never allocates for an existing series and takes no lock; a
+//! matching event that cannot update its metric (no value, a value that is not a number, a
+//! negative counter increment) is counted in `weir_derive_errors_total{metric,reason}`.
+
+pub mod condition;
+pub mod pair;
+pub mod series;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use prometheus::{CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounter, Opts, Registry};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use smallvec::SmallVec;
+use toml::Spanned;
+
+use crate::config::CompileError;
+use crate::event::Event;
+use crate::parse::{FieldRef, PathTrie};
+use crate::telemetry::SelfMetrics;
+use condition::Condition;
+use pair::{PairConfig, PairCounters, Pairing};
+use series::{Family, SeriesTable};
+
+/// Kind of a derived metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// `[[metrics]]`: one derived metric.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricConfig {
+    /// Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`; `weir_` is reserved).
+    pub name: Spanned<String>,
+    /// counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// HELP text. Default: "Derived by weir from log events."
+    #[serde(default)]
+    pub help: Option<String>,
+    /// Condition an event must match to update the metric. Default: every event.
+    #[serde(default)]
+    pub when: Option<Spanned<String>>,
+    /// Field holding the value. Counters default to adding 1; gauges and histograms need it
+    /// (histograms may use `pair` instead).
+    #[serde(default)]
+    pub value: Option<Spanned<String>>,
+    /// Label name to field path (`agent_id = "metadata.agent_id"`), or to
+    /// `{ from = "path", default = "value" }`. A missing field gives the default, else "".
+    #[serde(default)]
+    pub labels: Option<Spanned<BTreeMap<String, LabelSpec>>>,
+    /// Histogram bucket upper bounds, increasing. Default: Prometheus' default buckets.
+    #[serde(default)]
+    pub buckets: Option<Spanned<Vec<f64>>>,
+    /// Most label sets kept; new ones past it go to one overflow series. Default: 10000.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+    /// Seconds without an update after which a series is removed; 0 keeps series forever.
+    /// Default: 900.
+    #[serde(default = "default_expire_after_secs")]
+    pub expire_after_secs: u64,
+    /// Derive a duration from a start event paired with this end event.
+    #[serde(default)]
+    pub pair: Option<PairConfig>,
+}
+
+const fn default_max_series() -> usize {
+    10_000
+}
+const fn default_expire_after_secs() -> u64 {
+    900
+}
+
+/// Where a label's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelSpec {
+    pub from: String,
+    pub default: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for LabelSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            from: String,
+            default: Option<String>,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LabelSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field path, or a table { from = \"path\", default = \"value\" }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<LabelSpec, E> {
+                Ok(LabelSpec {
+                    from: s.to_string(),
+                    default: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LabelSpec, A::Error> {
+                let full = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(LabelSpec {
+                    from: full.from,
+                    default: full.default,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct Label {
+    field: FieldRef,
+    default: Option<String>,
+}
+
+enum ValueFrom {
+    One,
+    Field(FieldRef),
+    Pair(Box<Pairing>),
+}
+
+/// Only the reasons a metric can hit are created, so the exposition lists no impossible series.
+struct ErrorCounters {
+    value_missing: Option<IntCounter>,
+    value_not_numeric: Option<IntCounter>,
+    negative_increment: Option<IntCounter>,
+}
+
+fn inc(c: &Option<IntCounter>) {
+    if let Some(c) = c {
+        c.inc();
+    }
+}
+
+/// A compiled metric.
+pub struct CompiledMetric {
+    pub name: String,
+    pub kind: MetricKind,
+    pub label_names: Vec<String>,
+    pub buckets: Vec<f64>,
+    when: Option<Condition>,
+    value: ValueFrom,
+    labels: Vec<Label>,
+    series: SeriesTable,
+    errors: ErrorCounters,
+}
+
+fn valid_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+fn valid_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Compiles a condition in a TOML string, mapping its column to a span in the file.
+pub fn compile_condition(
+    text: &Spanned<String>,
+    trie: &mut PathTrie,
+) -> Result<Condition, CompileError> {
+    Condition::new(text.get_ref(), &mut |p| FieldRef::resolve(p, trie)).map_err(|e| {
+        // +1 skips the opening quote; exact for strings without escapes.
+        let at = text.span().start
+            + 1
+            + text
+                .get_ref()
+                .char_indices()
+                .nth(e.column - 1)
+                .map_or(text.get_ref().len(), |(i, _)| i);
+        CompileError::at(at..at + 1, format!("invalid condition: expected {}", e.expected))
+    })
+}
+
+impl MetricConfig {
+    /// Checks the metric and builds it, registering its family in `registry`. Pure: no I/O.
+    pub fn compile(
+        &self,
+        trie: &mut PathTrie,
+        registry: &Registry,
+        selfm: &SelfMetrics,
+    ) -> Result<CompiledMetric, CompileError> {
+        let name = self.name.get_ref().clone();
+        let name_span = self.name.span();
+        if !valid_metric_name(&name) {
+            return Err(CompileError::at(
+                name_span,
+                format!("invalid metric name {name:?}: expected letters, digits, `_` and `:`, not starting with a digit"),
+            ));
+        }
+        if name.starts_with("weir_") {
+            return Err(CompileError::at(
+                name_span,
+                format!("metric name {name:?} uses the prefix `weir_`, which is reserved for weir's own metrics"),
+            ));
+        }
+        let when = self
+            .when
+            .as_ref()
+            .map(|w| compile_condition(w, trie))
+            .transpose()?;
+        let mut label_names = Vec::new();
+        let mut labels = Vec::new();
+        if let Some(spec) = &self.labels {
+            for (lname, l) in spec.get_ref() {
+                let bad = if !valid_label_name(lname) {
+                    Some("expected letters, digits and `_`, not starting with a digit")
+                } else if lname.starts_with("__") {
+                    Some("names starting with `__` are reserved by Prometheus")
+                } else if self.kind == MetricKind::Histogram && lname == "le" {
+                    Some("`le` is the bucket label of histograms")
+                } else {
+                    None
+                };
+                if let Some(why) = bad {
+                    return Err(CompileError::at(
+                        spec.span(),
+                        format!("metric {name:?}: invalid label name {lname:?}: {why}"),
+                    ));
+                }
+                label_names.push(lname.clone());
+                labels.push(Label {
+                    field: FieldRef::resolve(&l.from, trie),
+                    default: l.default.clone(),
+                });
+            }
+        }
+        let buckets = match (&self.buckets, self.kind) {
+            (Some(b), MetricKind::Histogram) => {
+                let v = b.get_ref();
+                if v.is_empty()
+                    || v.iter().any(|x| !x.is_finite())
+                    || v.windows(2).any(|w| w[0] >= w[1])
+                {
+                    return Err(CompileError::at(
+                        b.span(),
+                        format!("metric {name:?}: buckets must be finite numbers in strictly increasing order"),
+                    ));
+                }
+                v.clone()
+            }
+            (Some(b), _) => {
+                return Err(CompileError::at(
+                    b.span(),
+                    format!("metric {name:?}: buckets are only for histograms"),
+                ))
+            }
+            (None, _) => prometheus::DEFAULT_BUCKETS.to_vec(),
+        };
+        let pair_counters = || PairCounters {
+            evicted_timeout: selfm.pair_evicted.with_label_values(&[&name, "timeout"]),
+            evicted_capacity: selfm.pair_evicted.with_label_values(&[&name, "capacity"]),
+            unmatched: selfm.pair_unmatched.with_label_values(&[&name]),
+        };
+        let value = match (&self.value, &self.pair, self.kind) {
+            (Some(_), Some(_), _) => {
+                return Err(CompileError::at(
+                    name_span,
+                    format!("metric {name:?}: give either `value` or `pair`, not both"),
+                ))
+            }
+            (Some(v), None, _) => ValueFrom::Field(FieldRef::resolve(v.get_ref(), trie)),
+            (None, Some(p), MetricKind::Histogram) => {
+                let start = compile_condition(&p.start, trie)?;
+                let key = FieldRef::resolve(&p.key, trie);
+                ValueFrom::Pair(Box::new(Pairing::new(start, key, p, pair_counters())))
+            }
+            (None, Some(_), _) => {
+                return Err(CompileError::at(
+                    name_span,
+                    format!("metric {name:?}: `pair` derives durations and is only for histograms"),
+                ))
+            }
+            (None, None, MetricKind::Counter) => ValueFrom::One,
+            (None, None, kind) => {
+                return Err(CompileError::at(
+                    name_span,
+                    format!("metric {name:?}: a {kind:?} needs `value = \"field.path\"`").to_lowercase(),
+                ))
+            }
+        };
+        let help = self
+            .help
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "Derived by weir from log events.".into());
+        let lnames: Vec<&str> = label_names.iter().map(String::as_str).collect();
+        let reg_err = |e: prometheus::Error| {
+            CompileError::at(name_span.clone(), format!("metric {name:?}: {e}"))
+        };
+        let family = match self.kind {
+            MetricKind::Counter => {
+                let v = CounterVec::new(Opts::new(&name, &help), &lnames).map_err(reg_err)?;
+                registry.register(Box::new(v.clone())).map_err(reg_err)?;
+                Family::Counter(v)
+            }
+            MetricKind::Gauge => {
+                let v = GaugeVec::new(Opts::new(&name, &help), &lnames).map_err(reg_err)?;
+                registry.register(Box::new(v.clone())).map_err(reg_err)?;
+                Family::Gauge(v)
+            }
+            MetricKind::Histogram => {
+                let v = HistogramVec::new(
+                    HistogramOpts::new(&name, &help).buckets(buckets.clone()),
+                    &lnames,
+                )
+                .map_err(reg_err)?;
+                registry.register(Box::new(v.clone())).map_err(reg_err)?;
+                Family::Histogram(v)
+            }
+        };
+        let ttl = match self.expire_after_secs {
+            0 => None,
+            s => Some(u32::try_from(s).unwrap_or(u32::MAX)),
+        };
+        let series = SeriesTable::new(
+            family,
+            labels.len(),
+            self.max_series,
+            ttl,
+            selfm.series_dropped.with_label_values(&[&name]),
+            selfm.series_expired.with_label_values(&[&name]),
+            selfm.series_active.with_label_values(&[&name]),
+        );
+        let from_field = matches!(value, ValueFrom::Field(_));
+        let err = |reason: &str, possible: bool| {
+            possible.then(|| selfm.derive_errors.with_label_values(&[&name, reason]))
+        };
+        let errors = ErrorCounters {
+            value_missing: err("value_missing", from_field),
+            value_not_numeric: err("value_not_numeric", from_field),
+            negative_increment: err("negative_increment", from_field && self.kind == MetricKind::Counter),
+        };
+        Ok(CompiledMetric {
+            name,
+            kind: self.kind,
+            label_names,
+            buckets: if self.kind == MetricKind::Histogram {
+                buckets
+            } else {
+                Vec::new()
+            },
+            when,
+            value,
+            labels,
+            series,
+            errors,
+        })
+    }
+}
+
+impl CompiledMetric {
+    fn apply(&mut self, ev: &Event<'_>, tick: u32) {
+        if let ValueFrom::Pair(p) = &mut self.value {
+            if self.when.as_ref().is_none_or(|w| !w.matches(ev)) {
+                p.observe_start(ev);
+                return;
+            }
+        } else if let Some(w) = &self.when {
+            if !w.matches(ev) {
+                return;
+            }
+        }
+        let v = match &mut self.value {
+            ValueFrom::One => 1.0,
+            ValueFrom::Field(f) => match f.number(ev) {
+                Some(v) => v,
+                None if f.exists(ev) => {
+                    inc(&self.errors.value_not_numeric);
+                    return;
+                }
+                None => {
+                    inc(&self.errors.value_missing);
+                    return;
+                }
+            },
+            ValueFrom::Pair(p) => match p.take(ev) {
+                Some(v) => v,
+                None => return,
+            },
+        };
+        if self.kind == MetricKind::Counter && v < 0.0 {
+            inc(&self.errors.negative_increment);
+            return;
+        }
+        // Up to 8 labels stay on the stack: no allocation per event.
+        let values: SmallVec<[Cow<'_, str>; 8]> = self
+            .labels
+            .iter()
+            .map(|l| {
+                l.field
+                    .text(ev)
+                    .or_else(|| l.default.as_deref().map(Cow::Borrowed))
+                    .unwrap_or(Cow::Borrowed(""))
+            })
+            .collect();
+        self.series.update(&values, tick, v);
+    }
+}
+
+/// All metrics of a pipeline, applied in file order to each event.
+pub struct Deriver {
+    metrics: Vec<CompiledMetric>,
+}
+
+impl Deriver {
+    pub fn new(metrics: Vec<CompiledMetric>) -> Self {
+        Deriver { metrics }
+    }
+
+    pub fn metrics(&self) -> &[CompiledMetric] {
+        &self.metrics
+    }
+
+    /// Updates every metric whose condition `ev` matches. `tick` is whole seconds since start.
+    pub fn apply(&mut self, ev: &Event<'_>, tick: u32) {
+        for m in &mut self.metrics {
+            m.apply(ev, tick);
+        }
+    }
+
+    /// Removes series idle past their metric's TTL.
+    pub fn expire(&mut self, tick: u32) -> usize {
+        self.metrics.iter_mut().map(|m| m.series.expire(tick)).sum()
+    }
+}

@@ -1,0 +1,26 @@
+//! weir: a log-pipeline processor. Structured JSON logs in; Prometheus metrics out (and, in
+//! later stages, log shipping and alerts).
+//!
+//! # Layout, in data-flow order
+//! - [`source`]: stdin and files, cut into line batches; the bounded channel is the backpressure.
+//! - [`parse`]: line to [`event::Event`]: selective JSON capture, timestamps, levels, trace ids.
+//! - [`derive`]: `[[metrics]]` of a pipeline: conditions, labels, series limits and expiry.
+//! - [`topology`]: connects sources to the processing thread; [`shutdown`]: signals and drain.
+//! - [`server`]: `/metrics`, `/health`, `/ready`. [`telemetry`]: weir's own logs and metrics.
+//! - [`config`]: pipeline files, loaded and compiled; [`cli`]: the command line.
+//! - [`generate`]: deterministic demo logs of the agent system.
+
+pub mod cli;
+pub mod config;
+pub mod derive;
+pub mod event;
+pub mod generate;
+pub mod parse;
+pub mod server;
+pub mod shutdown;
+pub mod source;
+pub mod telemetry;
+pub mod topology;
+
+pub use config::{CompiledPipeline, PipelineConfig};
+pub use event::{Event, Level};

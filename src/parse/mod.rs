@@ -1,0 +1,431 @@
+//! Line to [`Event`]: JSON decoding of just the paths the pipeline uses, then normalisation of
+//! timestamp, level, component, message and trace_id.
+//!
+//! Invariants: parsing never fails and never panics. A line that is not a JSON object becomes an
+//! event whose message is the raw line; each irregularity is reported as a [`ParseIssue`], which
+//! the caller counts in `weir_parse_errors_total{reason}`. Captures of a line that turns out to be
+//! broken JSON are discarded, so no metric is ever derived from half a line.
+
+pub mod json;
+pub mod level;
+pub mod timestamp;
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::event::{format_rfc3339, Event, Level, ParseIssue, TimestampNs, Value};
+pub use json::PathTrie;
+
+/// `[event]`: where the normalised fields come from. Each list is tried in order; the first path
+/// present in a line wins. The defaults cover the agent system's logs and the common conventions
+/// (Python logging JSON, Bunyan/Pino, Logrus/zap, ECS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventConfig {
+    /// Paths of the timestamp. Default: timestamp, @timestamp, time, ts, asctime.
+    #[serde(default = "default_timestamp_paths")]
+    pub timestamp: Vec<String>,
+    /// Paths of the level. Default: level, levelname, severity, log.level, lvl.
+    #[serde(default = "default_level_paths")]
+    pub level: Vec<String>,
+    /// Paths of the component. Default: component, logger, logger_name, log.logger, name.
+    #[serde(default = "default_component_paths")]
+    pub component: Vec<String>,
+    /// Paths of the message. Default: message, msg, @message.
+    #[serde(default = "default_message_paths")]
+    pub message: Vec<String>,
+    /// Paths of the trace id. Default: trace_id, traceId, trace.id, metadata.trace_id.
+    #[serde(default = "default_trace_id_paths")]
+    pub trace_id: Vec<String>,
+    /// Give events without a trace id a random UUID v4. Default: true.
+    #[serde(default = "default_true")]
+    pub generate_trace_id: bool,
+    /// Longer lines are cut to this many bytes and counted (`reason="line_truncated"`).
+    /// Default: 1048576 (1 MiB).
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+fn default_timestamp_paths() -> Vec<String> {
+    strings(&["timestamp", "@timestamp", "time", "ts", "asctime"])
+}
+fn default_level_paths() -> Vec<String> {
+    strings(&["level", "levelname", "severity", "log.level", "lvl"])
+}
+fn default_component_paths() -> Vec<String> {
+    strings(&["component", "logger", "logger_name", "log.logger", "name"])
+}
+fn default_message_paths() -> Vec<String> {
+    strings(&["message", "msg", "@message"])
+}
+fn default_trace_id_paths() -> Vec<String> {
+    strings(&["trace_id", "traceId", "trace.id", "metadata.trace_id"])
+}
+const fn default_true() -> bool {
+    true
+}
+pub const fn default_max_line_bytes() -> usize {
+    1 << 20
+}
+
+impl Default for EventConfig {
+    fn default() -> Self {
+        EventConfig {
+            timestamp: default_timestamp_paths(),
+            level: default_level_paths(),
+            component: default_component_paths(),
+            message: default_message_paths(),
+            trace_id: default_trace_id_paths(),
+            generate_trace_id: true,
+            max_line_bytes: default_max_line_bytes(),
+        }
+    }
+}
+
+/// A reference to a field of an event: one of the normalised fields or a captured path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FieldRef {
+    Timestamp,
+    Level,
+    Component,
+    Message,
+    TraceId,
+    /// A path of the line's JSON, by id in the [`PathTrie`].
+    Path(usize),
+}
+
+impl FieldRef {
+    /// The normalised field a name refers to, if it is one.
+    pub fn resolve_builtin(path: &str) -> Option<FieldRef> {
+        Some(match path {
+            "timestamp" => FieldRef::Timestamp,
+            "level" => FieldRef::Level,
+            "component" => FieldRef::Component,
+            "message" => FieldRef::Message,
+            "trace_id" => FieldRef::TraceId,
+            _ => return None,
+        })
+    }
+
+    /// A builtin, or `path` interned in `trie`.
+    pub fn resolve(path: &str, trie: &mut PathTrie) -> FieldRef {
+        FieldRef::resolve_builtin(path).unwrap_or_else(|| FieldRef::Path(trie.intern(path)))
+    }
+
+    pub fn exists(&self, ev: &Event<'_>) -> bool {
+        match self {
+            FieldRef::Component => ev.component.is_some(),
+            FieldRef::Path(id) => ev.captured(*id).is_some_and(|v| *v != Value::Null),
+            _ => true,
+        }
+    }
+
+    /// The field as text (labels, string comparisons). `None` when absent or null.
+    pub fn text<'e>(&self, ev: &'e Event<'_>) -> Option<Cow<'e, str>> {
+        match self {
+            FieldRef::Timestamp => Some(Cow::Owned(format_rfc3339(ev.timestamp))),
+            FieldRef::Level => Some(Cow::Borrowed(ev.level.as_str())),
+            FieldRef::Component => ev.component.as_deref().map(Cow::Borrowed),
+            FieldRef::Message => Some(Cow::Borrowed(&ev.message)),
+            FieldRef::TraceId => Some(Cow::Borrowed(&ev.trace_id)),
+            FieldRef::Path(id) => ev.captured(*id).and_then(Value::as_text),
+        }
+    }
+
+    /// The field as a number (metric values, numeric comparisons). The timestamp is in seconds.
+    pub fn number(&self, ev: &Event<'_>) -> Option<f64> {
+        match self {
+            FieldRef::Timestamp => Some(ev.timestamp as f64 / 1e9),
+            FieldRef::Level => None,
+            FieldRef::Path(id) => ev.captured(*id).and_then(Value::as_f64),
+            FieldRef::Component | FieldRef::Message | FieldRef::TraceId => {
+                self.text(ev).and_then(|t| t.trim().parse().ok())
+            }
+        }
+    }
+
+    pub fn boolean(&self, ev: &Event<'_>) -> Option<bool> {
+        match self {
+            FieldRef::Path(id) => match ev.captured(*id) {
+                Some(Value::Bool(b)) => Some(*b),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+}
+
+/// Turns lines into events. Built by the config compiler once the trie holds every path the
+/// pipeline uses.
+#[derive(Debug, Clone)]
+pub struct LineParser {
+    trie: PathTrie,
+    timestamp: Vec<usize>,
+    level: Vec<usize>,
+    component: Vec<usize>,
+    message: Vec<usize>,
+    trace_id: Vec<usize>,
+    generate_trace_id: bool,
+    max_line_bytes: usize,
+}
+
+/// The path ids of the event fields, interned before the pipeline's own paths.
+#[derive(Debug, Clone)]
+pub struct EventPaths {
+    timestamp: Vec<usize>,
+    level: Vec<usize>,
+    component: Vec<usize>,
+    message: Vec<usize>,
+    trace_id: Vec<usize>,
+    generate_trace_id: bool,
+    max_line_bytes: usize,
+}
+
+impl EventConfig {
+    /// Interns the event field paths into `trie`. Finish with [`EventPaths::into_parser`] once
+    /// every other path is interned too.
+    pub fn intern(&self, trie: &mut PathTrie) -> EventPaths {
+        let mut ids = |v: &[String]| v.iter().map(|p| trie.intern(p)).collect::<Vec<_>>();
+        EventPaths {
+            timestamp: ids(&self.timestamp),
+            level: ids(&self.level),
+            component: ids(&self.component),
+            message: ids(&self.message),
+            trace_id: ids(&self.trace_id),
+            generate_trace_id: self.generate_trace_id,
+            max_line_bytes: self.max_line_bytes.max(1),
+        }
+    }
+}
+
+impl EventPaths {
+    pub fn into_parser(self, trie: PathTrie) -> LineParser {
+        LineParser {
+            trie,
+            timestamp: self.timestamp,
+            level: self.level,
+            component: self.component,
+            message: self.message,
+            trace_id: self.trace_id,
+            generate_trace_id: self.generate_trace_id,
+            max_line_bytes: self.max_line_bytes,
+        }
+    }
+}
+
+impl LineParser {
+    pub fn max_line_bytes(&self) -> usize {
+        self.max_line_bytes
+    }
+
+    pub fn trie(&self) -> &PathTrie {
+        &self.trie
+    }
+
+    /// Parses one line (without its newline). `received` is used when the line carries no
+    /// usable timestamp. Irregularities are passed to `issue`.
+    pub fn parse<'a>(
+        &self,
+        line: &'a str,
+        received: TimestampNs,
+        issue: &mut impl FnMut(ParseIssue),
+    ) -> Event<'a> {
+        let mut captured = vec![None; self.trie.len()];
+        let shape = json::capture(&self.trie, line, &mut captured);
+        if !matches!(shape, Ok(json::Shape::Object)) {
+            issue(match shape {
+                Ok(_) => ParseIssue::NotAnObject,
+                Err(_) => ParseIssue::InvalidJson,
+            });
+            captured.iter_mut().for_each(|c| *c = None);
+            return Event {
+                line,
+                is_json: false,
+                timestamp: received,
+                level: Level::Unknown,
+                component: None,
+                message: Cow::Borrowed(line),
+                trace_id: self.new_trace_id(),
+                captured,
+            };
+        }
+        let first = |ids: &[usize]| {
+            ids.iter()
+                .find_map(|&id| captured[id].as_ref().filter(|v| **v != Value::Null))
+        };
+        let timestamp = match first(&self.timestamp) {
+            Some(v) => timestamp::timestamp_of(v).unwrap_or_else(|| {
+                issue(ParseIssue::TimestampInvalid);
+                received
+            }),
+            None => {
+                issue(ParseIssue::TimestampMissing);
+                received
+            }
+        };
+        let level = first(&self.level).map_or(Level::Unknown, level::level_of);
+        let component = first(&self.component).and_then(owned_text);
+        let message = first(&self.message)
+            .and_then(owned_text)
+            .unwrap_or(Cow::Borrowed(""));
+        let trace_id = match first(&self.trace_id).and_then(owned_text) {
+            Some(t) if !t.is_empty() => t,
+            _ => self.new_trace_id(),
+        };
+        Event {
+            line,
+            is_json: true,
+            timestamp,
+            level,
+            component,
+            message,
+            trace_id,
+            captured,
+        }
+    }
+
+    fn new_trace_id(&self) -> Cow<'static, str> {
+        if self.generate_trace_id {
+            Cow::Owned(uuid::Uuid::new_v4().to_string())
+        } else {
+            Cow::Borrowed("")
+        }
+    }
+}
+
+/// Text of a captured value with the line's lifetime (a borrowed string stays borrowed).
+fn owned_text<'a>(v: &Value<'a>) -> Option<Cow<'a, str>> {
+    match v {
+        Value::Str(Cow::Borrowed(s)) => Some(Cow::Borrowed(s)),
+        Value::Str(Cow::Owned(s)) => Some(Cow::Owned(s.clone())),
+        Value::Num(_, raw) | Value::Composite(raw) => Some(Cow::Borrowed(raw)),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Value::Null => None,
+    }
+}
+
+/// Makes a line of bytes into text: invalid UTF-8 is replaced (and reported); a line that was cut
+/// at `max_line_bytes` loses the partial character the cut left at its end rather than counting
+/// it as invalid UTF-8.
+pub fn line_text<'a>(
+    bytes: &'a [u8],
+    truncated: bool,
+    issue: &mut impl FnMut(ParseIssue),
+) -> Cow<'a, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(e) if truncated && e.error_len().is_none() => {
+            // Only an incomplete character at the very end: the cut made it.
+            Cow::Borrowed(std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default())
+        }
+        Err(_) => {
+            issue(ParseIssue::InvalidUtf8);
+            String::from_utf8_lossy(bytes)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parser(cfg: &EventConfig) -> LineParser {
+        let mut trie = PathTrie::new();
+        cfg.intern(&mut trie).into_parser(trie)
+    }
+
+    fn parse<'a>(p: &LineParser, line: &'a str) -> (Event<'a>, Vec<ParseIssue>) {
+        let mut issues = Vec::new();
+        let ev = p.parse(line, 7, &mut |i| issues.push(i));
+        (ev, issues)
+    }
+
+    #[test]
+    fn agent_system_line() {
+        let p = parser(&EventConfig::default());
+        let line = r#"{"timestamp":"2024-01-01T00:00:00.123Z","level":"WARNING","component":"EventBus","message":"Retrying request","trace_id":"abc","metadata":{"attempt":2}}"#;
+        let (ev, issues) = parse(&p, line);
+        assert!(issues.is_empty());
+        assert!(ev.is_json);
+        assert_eq!(ev.timestamp, 1_704_067_200_123_000_000);
+        assert_eq!(ev.level, Level::Warning);
+        assert_eq!(ev.component.as_deref(), Some("EventBus"));
+        assert_eq!(ev.message, "Retrying request");
+        assert_eq!(ev.trace_id, "abc");
+        assert_eq!(ev.fields()["metadata"]["attempt"], 2);
+    }
+
+    #[test]
+    fn conventions_of_other_loggers() {
+        let p = parser(&EventConfig::default());
+        // Pino: numeric level and epoch ms; Bunyan's `name` as component.
+        let (ev, _) = parse(&p, r#"{"level":30,"time":1704067200123,"name":"api","msg":"hello"}"#);
+        assert_eq!((ev.level, ev.timestamp), (Level::Info, 1_704_067_200_123_000_000));
+        assert_eq!((ev.component.as_deref(), &*ev.message), (Some("api"), "hello"));
+        // zap: float epoch seconds in `ts`, `logger`.
+        let (ev, _) = parse(&p, r#"{"level":"warn","ts":1704067200.5,"logger":"db","msg":"slow"}"#);
+        assert_eq!((ev.level, ev.timestamp), (Level::Warning, 1_704_067_200_500_000_000));
+        assert_eq!(ev.component.as_deref(), Some("db"));
+        // ECS: dotted keys.
+        let (ev, _) = parse(&p, r#"{"@timestamp":"2024-01-01T00:00:00Z","log.level":"error","message":"m","trace.id":"t1"}"#);
+        assert_eq!((ev.level, &*ev.trace_id), (Level::Error, "t1"));
+        // Python logging JSON.
+        let (ev, _) = parse(&p, r#"{"asctime":"2024-01-01 00:00:00,250","levelname":"CRITICAL","name":"app.worker","message":"boom"}"#);
+        assert_eq!((ev.level, ev.timestamp), (Level::Critical, 1_704_067_200_250_000_000));
+        // trace id nested in metadata.
+        let (ev, _) = parse(&p, r#"{"message":"m","metadata":{"trace_id":"nested"}}"#);
+        assert_eq!(ev.trace_id, "nested");
+    }
+
+    #[test]
+    fn missing_and_bad_timestamps_fall_back_and_are_reported() {
+        let p = parser(&EventConfig::default());
+        let (ev, issues) = parse(&p, r#"{"message":"m"}"#);
+        assert_eq!((ev.timestamp, issues), (7, vec![ParseIssue::TimestampMissing]));
+        let (ev, issues) = parse(&p, r#"{"timestamp":"soon","message":"m"}"#);
+        assert_eq!((ev.timestamp, issues), (7, vec![ParseIssue::TimestampInvalid]));
+    }
+
+    #[test]
+    fn broken_lines_are_kept_with_the_raw_line_as_message() {
+        let p = parser(&EventConfig::default());
+        let (ev, issues) = parse(&p, r#"{"timestamp":"2024-01-01T00:00:00Z","message":"cut"#);
+        assert_eq!(issues, vec![ParseIssue::InvalidJson]);
+        assert!(!ev.is_json);
+        assert_eq!(ev.message, r#"{"timestamp":"2024-01-01T00:00:00Z","message":"cut"#);
+        assert!(ev.captured.iter().all(Option::is_none));
+        assert_eq!(ev.timestamp, 7);
+        assert_eq!(ev.trace_id.len(), 36, "a UUID is generated");
+        let (_, issues) = parse(&p, "[1,2,3]");
+        assert_eq!(issues, vec![ParseIssue::NotAnObject]);
+    }
+
+    #[test]
+    fn trace_id_generation_can_be_switched_off() {
+        let p = parser(&EventConfig {
+            generate_trace_id: false,
+            ..EventConfig::default()
+        });
+        let (ev, _) = parse(&p, r#"{"message":"m"}"#);
+        assert_eq!(ev.trace_id, "");
+        let p = parser(&EventConfig::default());
+        let (a, _) = parse(&p, r#"{"message":"m"}"#);
+        let (b, _) = parse(&p, r#"{"message":"m"}"#);
+        assert!(uuid::Uuid::parse_str(&a.trace_id).is_ok());
+        assert_ne!(a.trace_id, b.trace_id);
+    }
+
+    #[test]
+    fn invalid_utf8_is_replaced_and_reported_but_a_cut_character_is_not() {
+        let mut issues = Vec::new();
+        let text = line_text(b"ab\xffcd", false, &mut |i| issues.push(i));
+        assert_eq!((text.as_ref(), issues.as_slice()), ("ab\u{fffd}cd", &[ParseIssue::InvalidUtf8][..]));
+        let mut issues = Vec::new();
+        let text = line_text("abé".as_bytes()[..3].as_ref(), true, &mut |i| issues.push(i));
+        assert_eq!((text.as_ref(), issues.len()), ("ab", 0));
+    }
+}

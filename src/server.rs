@@ -1,0 +1,129 @@
+//! The HTTP endpoint: `/metrics` (Prometheus text format 0.0.4), `/health`, `/ready`.
+//!
+//! The derived metrics and weir's own live in two registries (so a pipeline can never shadow a
+//! `weir_*` name); `/metrics` encodes both. Handlers only read atomics: a scrape never blocks the
+//! pipeline.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::telemetry::SelfMetrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub derived: Registry,
+    pub selfm: SelfMetrics,
+    /// Set once the pipeline runs; cleared when it shuts down.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// An error from a handler, as a 500 with its message.
+pub struct AppError(anyhow::Error);
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        (StatusCode::INTERNAL_SERVER_ERROR, format!("{:#}", self.0)).into_response()
+    }
+}
+
+impl<E: Into<anyhow::Error>> From<E> for AppError {
+    fn from(e: E) -> Self {
+        AppError(e.into())
+    }
+}
+
+/// The exposition of the derived metrics followed by weir's own.
+pub fn exposition(derived: &Registry, selfm: &SelfMetrics) -> Result<String, prometheus::Error> {
+    let mut families = derived.gather();
+    families.extend(selfm.registry.gather());
+    let mut buf = Vec::with_capacity(16 * 1024);
+    TextEncoder::new().encode(&families, &mut buf)?;
+    // The encoder writes UTF-8 from valid strings.
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
+    let body = exposition(&state.derived, &state.selfm)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response())
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    if state.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn metrics_health_and_ready() {
+        let selfm = SelfMetrics::new();
+        let derived = Registry::new();
+        let c = prometheus::CounterVec::new(prometheus::Opts::new("x_total", "X."), &["v"]).unwrap();
+        derived.register(Box::new(c.clone())).unwrap();
+        c.with_label_values(&["a \"quoted\" \\ value\n"]).inc();
+        let state = AppState {
+            derived,
+            selfm,
+            ready: Arc::new(AtomicBool::new(false)),
+        };
+        let app = router(state.clone());
+        let res = app
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains("# TYPE x_total counter\n"), "{text}");
+        assert!(text.contains("x_total{v=\"a \\\"quoted\\\" \\\\ value\\n\"} 1\n"), "{text}");
+        assert!(text.contains("weir_parse_errors_total{reason=\"invalid_json\"} 0\n"), "{text}");
+        let res = app
+            .clone()
+            .oneshot(Request::get("/ready").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        state.ready.store(true, Ordering::Relaxed);
+        let res = app
+            .oneshot(Request::get("/ready").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}

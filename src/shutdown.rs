@@ -1,0 +1,44 @@
+//! One shutdown path: SIGINT or SIGTERM cancels the token that every source watches.
+//!
+//! Drain order follows the data: sources stop reading and drop their senders; the processing
+//! stage ends when its channel closes, after handling every batch already queued; the server
+//! stops last. A second signal exits at once.
+
+use tokio_util::sync::CancellationToken;
+
+/// Waits for SIGINT or SIGTERM, then cancels `token`; a second signal exits the process.
+pub async fn watch_signals(token: CancellationToken) {
+    wait_for_signal().await;
+    tracing::info!("shutdown requested: draining");
+    token.cancel();
+    wait_for_signal().await;
+    tracing::warn!("second signal: exiting without draining");
+    std::process::exit(130);
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,303 @@
+//! Sources: where lines come from. Each source reads bytes, cuts them into lines with a
+//! [`LineReader`], and sends [`LineBatch`]es into the pipeline's bounded channel.
+//!
+//! Invariants: a source never holds more than one batch plus one partial line (at most
+//! `max_line_bytes`) in memory; `send().await` on the bounded channel is the backpressure, so a
+//! slow pipeline slows the reads and the writer is pushed back by the kernel's pipe buffer. A line
+//! longer than `max_line_bytes` is cut there and flagged (counted downstream); the rest of it is
+//! read and discarded without being buffered. A last line without a newline is emitted at EOF.
+
+pub mod file;
+pub mod stdin;
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// `[[sources]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Lines from standard input (`app | weir run`).
+    Stdin(StdinConfig),
+    /// Lines from files, read in order to their end.
+    File(FileConfig),
+}
+
+/// `type = "stdin"`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinConfig {}
+
+/// `type = "file"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Files to read, in order.
+    pub paths: Vec<String>,
+}
+
+/// Where a line sits in its batch's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineSpan {
+    pub start: u32,
+    pub end: u32,
+    /// The line was longer than `max_line_bytes` and was cut.
+    pub truncated: bool,
+}
+
+/// Complete lines read by a source, in order, sharing one buffer.
+#[derive(Debug)]
+pub struct LineBatch {
+    /// The source's name, for the `source` label of weir's metrics.
+    pub source: Arc<str>,
+    pub buf: Vec<u8>,
+    pub lines: Vec<LineSpan>,
+    /// Bytes read from the source for these lines, including any discarded past a cut.
+    pub bytes_read: u64,
+}
+
+impl LineBatch {
+    pub fn line(&self, span: &LineSpan) -> &[u8] {
+        &self.buf[span.start as usize..span.end as usize]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], bool)> {
+        self.lines.iter().map(|s| (self.line(s), s.truncated))
+    }
+}
+
+/// Size of one read.
+const READ_CHUNK: usize = 128 * 1024;
+
+/// Cuts a byte stream into lines, in batches. `\n` ends a line; a `\r` before it is dropped.
+pub struct LineReader<R> {
+    inner: R,
+    source: Arc<str>,
+    max_line: usize,
+    /// The partial line carried over from the last batch (at most `max_line` bytes).
+    carry: Vec<u8>,
+    /// The current line passed `max_line`: its kept part is in `carry`, the rest is skipped.
+    skipping: bool,
+    eof: bool,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    pub fn new(inner: R, source: Arc<str>, max_line_bytes: usize) -> Self {
+        LineReader {
+            inner,
+            source,
+            max_line: max_line_bytes.clamp(1, u32::MAX as usize / 2),
+            carry: Vec::new(),
+            skipping: false,
+            eof: false,
+        }
+    }
+
+    /// The next batch of complete lines; `None` once the input is exhausted.
+    pub async fn next_batch(&mut self) -> std::io::Result<Option<LineBatch>> {
+        if self.eof {
+            return Ok(None);
+        }
+        let mut batch = LineBatch {
+            source: self.source.clone(),
+            buf: Vec::with_capacity(self.carry.len() + READ_CHUNK),
+            lines: Vec::new(),
+            bytes_read: 0,
+        };
+        batch.buf.append(&mut self.carry);
+        // Start of the line being read, and where the newline scan resumes.
+        let mut line_start = 0usize;
+        let mut scan_from = batch.buf.len();
+        let mut scratch = Vec::new();
+        loop {
+            if self.skipping {
+                // Read the rest of an over-long line aside; only what follows its end is kept.
+                scratch.resize(READ_CHUNK, 0);
+                let n = self.inner.read(&mut scratch).await?;
+                batch.bytes_read += n as u64;
+                if n == 0 {
+                    self.finish(&mut batch, line_start);
+                    return Ok(Some(batch));
+                }
+                let Some(i) = memchr::memchr(b'\n', &scratch[..n]) else {
+                    continue;
+                };
+                let end = batch.buf.len();
+                push_line(&batch.buf, &mut batch.lines, line_start, end, true);
+                self.skipping = false;
+                line_start = batch.buf.len();
+                batch.buf.extend_from_slice(&scratch[i + 1..n]);
+                scan_from = line_start;
+            } else {
+                let len = batch.buf.len();
+                batch.buf.resize(len + READ_CHUNK, 0);
+                let n = self.inner.read(&mut batch.buf[len..]).await?;
+                batch.buf.truncate(len + n);
+                batch.bytes_read += n as u64;
+                if n == 0 {
+                    self.finish(&mut batch, line_start);
+                    return Ok(Some(batch));
+                }
+            }
+            let LineBatch { buf, lines, .. } = &mut batch;
+            for i in memchr::memchr_iter(b'\n', &buf[scan_from..]) {
+                let end = scan_from + i;
+                let cut = end - line_start > self.max_line;
+                let line_end = if cut { line_start + self.max_line } else { end };
+                push_line(buf, lines, line_start, line_end, cut);
+                line_start = end + 1;
+            }
+            scan_from = batch.buf.len();
+            if batch.buf.len() - line_start > self.max_line {
+                // The current line is over the limit with no end in sight: keep its head only.
+                batch.buf.truncate(line_start + self.max_line);
+                scan_from = batch.buf.len();
+                self.skipping = true;
+            }
+            // Send as soon as a read completed lines: a live source must not wait for a full
+            // batch. The partial line (or the kept head of one being skipped) moves to `carry`.
+            if !batch.lines.is_empty() {
+                self.carry.extend_from_slice(&batch.buf[line_start..]);
+                batch.buf.truncate(line_start);
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    /// At EOF: the last line, if it had no newline, is emitted as it is.
+    fn finish(&mut self, batch: &mut LineBatch, line_start: usize) {
+        self.eof = true;
+        if batch.buf.len() > line_start || self.skipping {
+            let end = batch.buf.len();
+            push_line(&batch.buf, &mut batch.lines, line_start, end, self.skipping);
+        }
+    }
+}
+
+/// Records the line `start..end` of `buf`, dropping the `\r` of a CRLF ending.
+fn push_line(buf: &[u8], lines: &mut Vec<LineSpan>, start: usize, end: usize, truncated: bool) {
+    let mut end = end;
+    if !truncated && end > start && buf[end - 1] == b'\r' {
+        end -= 1;
+    }
+    lines.push(LineSpan {
+        start: start as u32,
+        end: end as u32,
+        truncated,
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that returns its input in fixed-size pieces, as pipes do.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        piece: usize,
+    }
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.piece.min(buf.remaining()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn lines(data: &[u8], piece: usize, max: usize) -> Vec<(String, bool)> {
+        let mut r = LineReader::new(
+            Pieces {
+                data: data.to_vec(),
+                at: 0,
+                piece,
+            },
+            "t".into(),
+            max,
+        );
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(b) = r.next_batch().await.unwrap() {
+            bytes += b.bytes_read;
+            out.extend(b.iter().map(|(l, t)| (String::from_utf8_lossy(l).into_owned(), t)));
+        }
+        assert_eq!(bytes, data.len() as u64, "every byte read is accounted for");
+        out
+    }
+
+    fn s(v: &[(&str, bool)]) -> Vec<(String, bool)> {
+        v.iter().map(|(a, b)| (a.to_string(), *b)).collect()
+    }
+
+    #[tokio::test]
+    async fn splits_in_any_piece_size() {
+        let data = b"one\ntwo\r\n\nthree";
+        for piece in [1, 2, 3, 5, 100] {
+            assert_eq!(
+                lines(data, piece, 100).await,
+                s(&[("one", false), ("two", false), ("", false), ("three", false)]),
+                "piece {piece}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_cut_and_the_rest_skipped() {
+        let mut data = b"short\n".to_vec();
+        data.extend(std::iter::repeat_n(b'x', 10_000));
+        data.extend(b"\nafter\n");
+        data.extend(std::iter::repeat_n(b'y', 20));
+        for piece in [1, 7, 4096, 1 << 20] {
+            assert_eq!(
+                lines(&data, piece, 8).await,
+                s(&[
+                    ("short", false),
+                    ("xxxxxxxx", true),
+                    ("after", false),
+                    ("yyyyyyyy", true)
+                ]),
+                "piece {piece}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_huge_line_is_never_buffered_whole() {
+        let big = 7 * READ_CHUNK + 17;
+        let mut data = vec![b'z'; big];
+        data.push(b'\n');
+        data.extend(b"ok\n");
+        let mut r = LineReader::new(&data[..], "t".into(), 1000);
+        let mut got = Vec::new();
+        while let Some(b) = r.next_batch().await.unwrap() {
+            assert!(b.buf.capacity() <= 2 * READ_CHUNK + 1000);
+            got.extend(b.iter().map(|(l, t)| (l.len(), t)));
+        }
+        assert_eq!(got, vec![(1000, true), (2, false)]);
+    }
+
+    #[test]
+    fn source_config_parses() {
+        #[derive(Deserialize)]
+        struct T {
+            sources: Vec<SourceConfig>,
+        }
+        let t: T = toml::from_str(
+            "[[sources]]\ntype = \"stdin\"\n[[sources]]\ntype = \"file\"\npaths = [\"/a.log\"]\n",
+        )
+        .unwrap();
+        assert!(matches!(t.sources[0], SourceConfig::Stdin(_)));
+        assert!(matches!(&t.sources[1], SourceConfig::File(f) if f.paths == ["/a.log"]));
+        let e = toml::from_str::<T>("[[sources]]\ntype = \"stdin\"\npath = 1\n").err().unwrap();
+        assert!(e.to_string().contains("unknown field `path`"), "{e}");
+    }
+}

@@ -1,0 +1,161 @@
+//! weir's own observability: its logs (tracing, JSON on stderr, never stdout) and its
+//! self-metrics (`weir_*`), served on `/metrics` beside the derived ones.
+//!
+//! Every counter that records a kept-but-irregular event lives here, labelled by reason, so
+//! "counted, never silently dropped" can be checked from the outside.
+
+use prometheus::{
+    Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::event::ParseIssue;
+
+/// Sets up tracing: JSON lines on stderr, filter from `WEIR_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests run several pipelines in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_current_span(false)
+        .try_init();
+}
+
+/// The `weir_*` metrics.
+#[derive(Clone)]
+pub struct SelfMetrics {
+    pub registry: Registry,
+    pub events_total: IntCounterVec,
+    pub bytes_total: IntCounterVec,
+    pub parse_errors: IntCounterVec,
+    pub series_dropped: IntCounterVec,
+    pub series_expired: IntCounterVec,
+    pub series_active: IntGaugeVec,
+    pub derive_errors: IntCounterVec,
+    pub pair_evicted: IntCounterVec,
+    pub pair_unmatched: IntCounterVec,
+    pub events_per_second: Gauge,
+    pub channel_fill: IntGaugeVec,
+    pub up: IntGauge,
+}
+
+fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("self-metric names and labels are valid constants");
+    reg.register(Box::new(v.clone()))
+        .expect("self-metrics are registered once in a fresh registry");
+    v
+}
+
+fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let v = IntGaugeVec::new(Opts::new(name, help), labels)
+        .expect("self-metric names and labels are valid constants");
+    reg.register(Box::new(v.clone()))
+        .expect("self-metrics are registered once in a fresh registry");
+    v
+}
+
+impl SelfMetrics {
+    pub fn new() -> Self {
+        let reg = Registry::new();
+        let parse_errors = counter_vec(
+            &reg,
+            "weir_parse_errors_total",
+            "Lines kept despite a parse problem, by reason.",
+            &["reason"],
+        );
+        for issue in ParseIssue::ALL {
+            parse_errors.with_label_values(&[issue.reason()]);
+        }
+        let events_per_second = Gauge::with_opts(Opts::new(
+            "weir_events_per_second",
+            "Events processed per second over the last few seconds.",
+        ))
+        .expect("valid constant name");
+        reg.register(Box::new(events_per_second.clone()))
+            .expect("registered once");
+        let up = IntGauge::with_opts(
+            Opts::new("weir_build_info", "weir's version; always 1.")
+                .const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .expect("valid constant name");
+        up.set(1);
+        reg.register(Box::new(up.clone())).expect("registered once");
+        SelfMetrics {
+            events_total: counter_vec(
+                &reg,
+                "weir_events_total",
+                "Events read, by source.",
+                &["source"],
+            ),
+            bytes_total: counter_vec(
+                &reg,
+                "weir_bytes_total",
+                "Bytes read, by source.",
+                &["source"],
+            ),
+            parse_errors,
+            series_dropped: counter_vec(
+                &reg,
+                "weir_series_dropped_total",
+                "Updates sent to the overflow series because the metric reached its series limit.",
+                &["metric"],
+            ),
+            series_expired: counter_vec(
+                &reg,
+                "weir_series_expired_total",
+                "Series removed after being idle for longer than expire_after_secs.",
+                &["metric"],
+            ),
+            series_active: gauge_vec(
+                &reg,
+                "weir_series",
+                "Label sets currently held per derived metric.",
+                &["metric"],
+            ),
+            derive_errors: counter_vec(
+                &reg,
+                "weir_derive_errors_total",
+                "Matching events that updated no series, by metric and reason.",
+                &["metric", "reason"],
+            ),
+            pair_evicted: counter_vec(
+                &reg,
+                "weir_pair_evicted_total",
+                "Open start events evicted before their end arrived, by reason.",
+                &["metric", "reason"],
+            ),
+            pair_unmatched: counter_vec(
+                &reg,
+                "weir_pair_unmatched_total",
+                "End events without a recorded start.",
+                &["metric"],
+            ),
+            channel_fill: gauge_vec(
+                &reg,
+                "weir_channel_fill",
+                "Batches waiting in a bounded channel between components.",
+                &["channel"],
+            ),
+            events_per_second,
+            up,
+            registry: reg,
+        }
+    }
+
+    /// Handles for the parse-issue counters, in [`ParseIssue::ALL`] order.
+    pub fn parse_issue_counters(&self) -> Vec<IntCounter> {
+        ParseIssue::ALL
+            .iter()
+            .map(|i| self.parse_errors.with_label_values(&[i.reason()]))
+            .collect()
+    }
+}
+
+impl Default for SelfMetrics {
+    fn default() -> Self {
+        SelfMetrics::new()
+    }
+}

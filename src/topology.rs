@@ -1,0 +1,300 @@
+//! Wires a compiled pipeline into running parts, joined by bounded channels:
+//!
+//! ```text
+//! sources (async tasks) --LineBatch, bounded--> processor (one thread: parse + derive) --> registry
+//!                                                                                         ^
+//!                                                                  server (/metrics) reads it
+//! ```
+//!
+//! Invariants: the only queue is the bounded batch channel ([`CHANNEL_BATCHES`] batches of at
+//! most one read each), so memory is bounded and a slow stage pushes back on the sources. Events
+//! are processed in the order each source read them. The processor runs on its own thread, since
+//! parse + derive are CPU work with no `.await`; the tokio workers stay free for I/O and scrapes.
+//! Shutdown: cancelling the token stops the sources, which drop their senders; the processor
+//! handles every batch already queued, then ends; then the server stops.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::CompiledPipeline;
+use crate::derive::Deriver;
+use crate::event::ParseIssue;
+use crate::parse::{line_text, LineParser};
+use crate::server::{self, AppState};
+use crate::source::{self, LineBatch, SourceConfig};
+use crate::telemetry::SelfMetrics;
+
+/// Capacity of the source → processor channel, in batches (each at most one 128 KiB read).
+pub const CHANNEL_BATCHES: usize = 16;
+/// How often idle series are expired and the events/s gauge updated.
+const TICK: Duration = Duration::from_secs(2);
+
+/// What to run, from the command line.
+pub struct RunOptions {
+    /// Files named on the command line; they replace the pipeline's sources.
+    pub files: Vec<PathBuf>,
+    /// Address for `/metrics`; `None` serves nothing (oneshot).
+    pub listen: Option<std::net::SocketAddr>,
+    /// Show a progress bar over the files.
+    pub progress: bool,
+}
+
+/// Parse + derive, one batch at a time.
+pub struct Processor {
+    parser: LineParser,
+    deriver: Deriver,
+    selfm: SelfMetrics,
+    issues: Vec<IntCounter>,
+    started: Instant,
+}
+
+impl Processor {
+    pub fn new(parser: LineParser, deriver: Deriver, selfm: SelfMetrics) -> Self {
+        Processor {
+            issues: selfm.parse_issue_counters(),
+            parser,
+            deriver,
+            selfm,
+            started: Instant::now(),
+        }
+    }
+
+    fn tick(&self) -> u32 {
+        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Parses and derives every line of `batch`.
+    pub fn process(&mut self, batch: &LineBatch) {
+        let received = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let tick = self.tick();
+        let mut counts = [0u64; ParseIssue::ALL.len()];
+        for (bytes, truncated) in batch.iter() {
+            let mut issue = |i: ParseIssue| counts[i as usize] += 1;
+            if truncated {
+                issue(ParseIssue::Truncated);
+            }
+            let text = line_text(bytes, truncated, &mut issue);
+            let ev = self.parser.parse(&text, received, &mut issue);
+            self.deriver.apply(&ev, tick);
+        }
+        for (c, n) in self.issues.iter().zip(counts) {
+            if n > 0 {
+                c.inc_by(n);
+            }
+        }
+        let source = [&*batch.source];
+        self.selfm
+            .events_total
+            .with_label_values(&source)
+            .inc_by(batch.lines.len() as u64);
+        self.selfm
+            .bytes_total
+            .with_label_values(&source)
+            .inc_by(batch.bytes_read);
+        if counts[ParseIssue::InvalidJson as usize] > 0 {
+            tracing::debug!(
+                source = %batch.source,
+                lines = counts[ParseIssue::InvalidJson as usize],
+                "lines that are not JSON kept as raw-message events"
+            );
+        }
+    }
+
+    /// Runs until every sender of `rx` is gone, on a thread of its own (a current-thread
+    /// runtime only for the channel and the timer). Each tick expires idle series.
+    fn spawn(mut self, mut rx: mpsc::Receiver<LineBatch>, fill: prometheus::IntGauge) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()?;
+        std::thread::Builder::new()
+            .name("weir-processor".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let mut every = tokio::time::interval(TICK);
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut last = (Instant::now(), 0u64);
+                    let mut events = 0u64;
+                    let mut warned_issues = 0u64;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            batch = rx.recv() => {
+                                let Some(batch) = batch else { return };
+                                fill.set(rx.len() as i64);
+                                events += batch.lines.len() as u64;
+                                self.process(&batch);
+                            }
+                            _ = every.tick() => {
+                                let expired = self.deriver.expire(self.tick());
+                                if expired > 0 {
+                                    tracing::info!(series = expired, "expired idle series");
+                                }
+                                let secs = last.0.elapsed().as_secs_f64();
+                                if secs > 0.0 {
+                                    self.selfm
+                                        .events_per_second
+                                        .set((events - last.1) as f64 / secs);
+                                }
+                                last = (Instant::now(), events);
+                                let issues: u64 = self.issues.iter().map(IntCounter::get).sum();
+                                if issues > warned_issues {
+                                    // One line per tick at most: bad lines cannot flood the log.
+                                    tracing::warn!(
+                                        new = issues - warned_issues,
+                                        "lines with parse problems (kept; see weir_parse_errors_total)"
+                                    );
+                                    warned_issues = issues;
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+    }
+}
+
+/// Runs the pipeline until its inputs end or `shutdown` is cancelled. The final values stay in
+/// the pipeline's registry (clone it before the call to read them after).
+pub async fn run(
+    pipeline: CompiledPipeline,
+    opts: RunOptions,
+    selfm: SelfMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let CompiledPipeline {
+        parser,
+        deriver,
+        registry,
+        sources,
+        origin,
+    } = pipeline;
+    tracing::debug!(pipeline = %origin, "starting");
+    let max_line = parser.max_line_bytes();
+    let (tx, rx) = mpsc::channel::<LineBatch>(CHANNEL_BATCHES);
+    let fill = selfm.channel_fill.with_label_values(&["sources_to_processor"]);
+    let processing = Processor::new(parser, deriver, selfm.clone())
+        .spawn(rx, fill)
+        .context("cannot start the processing thread")?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let server_stop = CancellationToken::new();
+    let server = match opts.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let local = listener.local_addr()?;
+            tracing::info!(addr = %local, pipeline = %origin, "serving /metrics");
+            let app = server::router(AppState {
+                derived: registry.clone(),
+                selfm: selfm.clone(),
+                ready: ready.clone(),
+            });
+            let stop = server_stop.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
+
+    let sources = if opts.files.is_empty() {
+        sources
+    } else {
+        vec![SourceConfig::File(source::FileConfig {
+            paths: opts
+                .files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect(),
+        })]
+    };
+    let sources = if sources.is_empty() {
+        vec![SourceConfig::Stdin(source::StdinConfig {})]
+    } else {
+        sources
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in sources {
+        let (out, stop) = (tx.clone(), shutdown.clone());
+        match s {
+            SourceConfig::Stdin(_) => {
+                tasks.spawn(async move {
+                    source::stdin::run(out, stop, max_line)
+                        .await
+                        .context("reading stdin")
+                });
+            }
+            SourceConfig::File(f) => {
+                let paths: Vec<PathBuf> = f.paths.iter().map(PathBuf::from).collect();
+                let progress = opts.progress.then(|| progress_bar(&paths));
+                tasks.spawn(async move {
+                    source::file::run(paths, out, stop, max_line, progress)
+                        .await
+                        .map_err(anyhow::Error::from)
+                });
+            }
+        }
+    }
+    drop(tx);
+    ready.store(true, Ordering::Relaxed);
+
+    let mut first_error = None;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = format!("{e:#}"), "source failed");
+                first_error.get_or_insert(e);
+                // One failed input fails the run, as a backfill must not look complete.
+                shutdown.cancel();
+            }
+            Err(e) => {
+                first_error.get_or_insert(anyhow::anyhow!("source task panicked: {e}"));
+                shutdown.cancel();
+            }
+        }
+    }
+    // The processor ends once every batch sent is handled; join it off the async workers.
+    tokio::task::spawn_blocking(move || processing.join())
+        .await
+        .context("joining the processing thread")?
+        .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
+    ready.store(false, Ordering::Relaxed);
+    server_stop.cancel();
+    if let Some(s) = server {
+        s.await.context("server task panicked")??;
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn progress_bar(paths: &[PathBuf]) -> ProgressBar {
+    let total: u64 = paths
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}

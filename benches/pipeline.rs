@@ -1,1 +1,93 @@
-fn main(){}
+//! Parse + derive throughput of the default pipeline on generated agent-system lines, in lines/s,
+//! beside two baselines measured in the same run: decoding each line into a full
+//! `serde_json::Value` tree (what a naive pipeline does before it even derives anything), and
+//! merely finding the line ends (the floor).
+//!
+//! `cargo bench --bench pipeline`
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use weir::generate::{demo_logs, DemoOptions};
+use weir::source::{LineBatch, LineSpan};
+use weir::telemetry::SelfMetrics;
+use weir::topology::Processor;
+
+const LINES: u64 = 100_000;
+
+fn batches(corpus: &[u8]) -> Vec<LineBatch> {
+    let mut out = Vec::new();
+    let lines: Vec<&[u8]> = corpus.split_inclusive(|&b| b == b'\n').collect();
+    for chunk in lines.chunks(500) {
+        let mut batch = LineBatch {
+            source: Arc::from("bench"),
+            buf: Vec::new(),
+            lines: Vec::new(),
+            bytes_read: 0,
+        };
+        for line in chunk {
+            let start = batch.buf.len() as u32;
+            batch.buf.extend_from_slice(&line[..line.len() - 1]);
+            batch.lines.push(LineSpan {
+                start,
+                end: batch.buf.len() as u32,
+                truncated: false,
+            });
+            batch.bytes_read += line.len() as u64;
+        }
+        out.push(batch);
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let mut corpus = Vec::new();
+    let opts = DemoOptions {
+        count: LINES,
+        seed: 42,
+        malformed_rate: 0.0,
+        rate: 0.0,
+        live: false,
+    };
+    demo_logs(&opts, &mut corpus).expect("generate");
+    let batches = batches(&corpus);
+    let mut g = c.benchmark_group("pipeline");
+    g.throughput(Throughput::Elements(LINES));
+    g.sample_size(20);
+    g.bench_function("parse_derive_default_pipeline", |b| {
+        b.iter_batched(
+            || {
+                let selfm = SelfMetrics::new();
+                let p = weir::config::load(None, &selfm).expect("default pipeline");
+                Processor::new(p.parser, p.deriver, selfm)
+            },
+            |mut proc| {
+                for batch in &batches {
+                    proc.process(batch);
+                }
+                proc
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("baseline_serde_json_value_per_line", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            for batch in &batches {
+                for (line, _) in batch.iter() {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
+                        n += v.as_object().map_or(0, |o| o.len());
+                    }
+                }
+            }
+            n
+        })
+    });
+    g.bench_function("baseline_find_line_ends", |b| {
+        b.iter(|| memchr::memchr_iter(b'\n', &corpus).count())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -149,7 +149,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     w.flush()?;
                 }
                 None => {
-                    let mut w = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+                    let mut w =
+                        std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
                     generate::demo_logs(&opts, &mut w)?;
                 }
             }
@@ -216,12 +217,20 @@ mod tests {
     #[test]
     fn listen_address_precedence() {
         assert_eq!(listen_addr(None, None).unwrap().to_string(), "0.0.0.0:9090");
-        assert_eq!(listen_addr(None, Some("9100")).unwrap().to_string(), "0.0.0.0:9100");
         assert_eq!(
-            listen_addr(Some("127.0.0.1:1234"), Some("9100")).unwrap().to_string(),
+            listen_addr(None, Some("9100")).unwrap().to_string(),
+            "0.0.0.0:9100"
+        );
+        assert_eq!(
+            listen_addr(Some("127.0.0.1:1234"), Some("9100"))
+                .unwrap()
+                .to_string(),
             "127.0.0.1:1234"
         );
-        assert_eq!(listen_addr(Some("8080"), None).unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(
+            listen_addr(Some("8080"), None).unwrap().to_string(),
+            "0.0.0.0:8080"
+        );
         assert!(listen_addr(Some("nonsense"), None).is_err());
     }
 

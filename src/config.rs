@@ -107,7 +107,9 @@ fn locate(path: &str, text: &str, offset: usize, message: String) -> Located {
         line: text[..offset].matches('\n').count() + 1,
         column: text[line_start..offset].chars().count() + 1,
         message,
-        source_line: text[line_start..line_end].trim_end_matches('\r').to_string(),
+        source_line: text[line_start..line_end]
+            .trim_end_matches('\r')
+            .to_string(),
     }
 }
 
@@ -139,7 +141,8 @@ impl PipelineConfig {
         text: &str,
         selfm: &SelfMetrics,
     ) -> Result<CompiledPipeline, ConfigError> {
-        let place = |e: CompileError| ConfigError::Invalid(locate(path, text, e.span.start, e.message));
+        let place =
+            |e: CompileError| ConfigError::Invalid(locate(path, text, e.span.start, e.message));
         let registry = Registry::new();
         let mut trie = PathTrie::new();
         let event_paths = self.event.intern(&mut trie);
@@ -186,7 +189,10 @@ pub fn load(path: Option<&Path>, selfm: &SelfMetrics) -> Result<CompiledPipeline
             })?;
             (p.display().to_string(), text)
         }
-        None => (DEFAULT_PIPELINE_NAME.to_string(), DEFAULT_PIPELINE.to_string()),
+        None => (
+            DEFAULT_PIPELINE_NAME.to_string(),
+            DEFAULT_PIPELINE.to_string(),
+        ),
     };
     PipelineConfig::parse(&name, &text)?.compile(&name, &text, selfm)
 }
@@ -207,7 +213,12 @@ mod tests {
     #[test]
     fn the_default_pipeline_compiles() {
         let p = load(None, &SelfMetrics::new()).unwrap();
-        let names: Vec<_> = p.deriver.metrics().iter().map(|m| m.name.as_str()).collect();
+        let names: Vec<_> = p
+            .deriver
+            .metrics()
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
         assert_eq!(
             names,
             [
@@ -222,7 +233,10 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_column_and_the_expected_keys() {
         let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nwhn = \"true\"\n");
-        assert!(e.starts_with("p.toml:4:1: unknown field `whn`, expected one of"), "{e}");
+        assert!(
+            e.starts_with("p.toml:4:1: unknown field `whn`, expected one of"),
+            "{e}"
+        );
         assert!(e.contains("`when`"), "{e}");
         assert!(e.contains("4 | whn = \"true\"\n  | ^"), "{e}");
     }
@@ -237,7 +251,9 @@ mod tests {
 
     #[test]
     fn bad_condition_points_into_the_string() {
-        let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nwhen = 'message == \"x\" &&'\n");
+        let e = err(
+            "[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nwhen = 'message == \"x\" &&'\n",
+        );
         assert_eq!(
             e,
             "p.toml:4:26: invalid condition: expected a field path, `exists(...)`, `!` or `(`\n  |\n4 | when = 'message == \"x\" &&'\n  |                          ^"
@@ -247,13 +263,21 @@ mod tests {
     #[test]
     fn bad_regex() {
         let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nwhen = 'message =~ \"(unclosed\"'\n");
-        assert!(e.starts_with("p.toml:4:20: invalid condition: expected a valid regular expression"), "{e}");
+        assert!(
+            e.starts_with("p.toml:4:20: invalid condition: expected a valid regular expression"),
+            "{e}"
+        );
     }
 
     #[test]
     fn duplicate_metric_names() {
         let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\n\n[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\n");
-        assert!(e.starts_with("p.toml:6:8: duplicate metric name \"a_total\" (first defined on line 2)"), "{e}");
+        assert!(
+            e.starts_with(
+                "p.toml:6:8: duplicate metric name \"a_total\" (first defined on line 2)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -263,8 +287,13 @@ mod tests {
         let e = err("[[metrics]]\nname = \"h\"\nkind = \"counter\"\nlabels = { __x = \"x\" }\n");
         assert!(e.contains("reserved by Prometheus"), "{e}");
         let e = err("[[metrics]]\nname = \"g\"\nkind = \"gauge\"\n");
-        assert!(e.starts_with("p.toml:2:8: metric \"g\": a gauge needs `value"), "{e}");
-        let e = err("[[metrics]]\nname = \"h\"\nkind = \"histogram\"\nvalue = \"d\"\nbuckets = [1, 0.5]\n");
+        assert!(
+            e.starts_with("p.toml:2:8: metric \"g\": a gauge needs `value"),
+            "{e}"
+        );
+        let e = err(
+            "[[metrics]]\nname = \"h\"\nkind = \"histogram\"\nvalue = \"d\"\nbuckets = [1, 0.5]\n",
+        );
         assert!(e.contains("strictly increasing"), "{e}");
         let e = err("[[metrics]]\nname = \"weir_x\"\nkind = \"counter\"\n");
         assert!(e.contains("reserved for weir's own metrics"), "{e}");

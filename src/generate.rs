@@ -23,7 +23,13 @@ pub const COMPONENTS: [&str; 5] = [
     "SlackGateway",
     "CollaborativeAgentPool",
 ];
-pub const QUEUES: [&str; 5] = ["tasks", "events", "notifications", "retries", "slack-outbound"];
+pub const QUEUES: [&str; 5] = [
+    "tasks",
+    "events",
+    "notifications",
+    "retries",
+    "slack-outbound",
+];
 pub const ERRORS: [&str; 5] = [
     "TimeoutError",
     "ValueError",
@@ -62,7 +68,9 @@ fn timestamp(ms: i64) -> String {
 }
 
 fn uuid4(r: &mut ChaCha8Rng) -> String {
-    uuid::Builder::from_random_bytes(r.random()).into_uuid().to_string()
+    uuid::Builder::from_random_bytes(r.random())
+        .into_uuid()
+        .to_string()
 }
 
 /// Writes demo logs to `out`. A closed pipe ends the run without an error.
@@ -101,11 +109,17 @@ pub fn demo_logs(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<()> {
             let (tid, agent, task) = open.swap_remove(i);
             let (level, md) = if r.random::<f64>() < 0.15 {
                 let d = (fail_d.sample(&mut r).min(300.0) * 1000.0).round() / 1000.0;
-                ("ERROR", json!({"agent_id": agent, "task_id": task, "status": "failure",
-                                 "duration": d, "error_type": *ERRORS.choose(&mut r).expect("non-empty")}))
+                (
+                    "ERROR",
+                    json!({"agent_id": agent, "task_id": task, "status": "failure",
+                                 "duration": d, "error_type": *ERRORS.choose(&mut r).expect("non-empty")}),
+                )
             } else {
                 let d = (ok_d.sample(&mut r).min(300.0) * 1000.0).round() / 1000.0;
-                ("INFO", json!({"agent_id": agent, "task_id": task, "status": "success", "duration": d}))
+                (
+                    "INFO",
+                    json!({"agent_id": agent, "task_id": task, "status": "success", "duration": d}),
+                )
             };
             let component = ["AgentOrchestrator", "CollaborativeAgentPool"]
                 .choose(&mut r)
@@ -159,28 +173,52 @@ pub fn demo_logs(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<()> {
 fn noise(r: &mut ChaCha8Rng, agents: &[String]) -> (&'static str, &'static str, serde_json::Value) {
     let agent = |r: &mut ChaCha8Rng| agents.choose(r).expect("non-empty").clone();
     match r.random_range(0..8) {
-        0 => ("DEBUG", "Heartbeat received",
-              json!({"agent_id": agent(r), "latency_ms": r.random_range(1..=900)})),
-        1 => ("INFO", "Event published",
-              json!({"topic": (["task.created", "task.done", "agent.idle"]).choose(r).expect("non-empty"),
-                     "subscribers": r.random_range(0..=12), "payload_bytes": r.random_range(80..=9000)})),
-        2 => ("INFO", "Slack message sent",
-              json!({"channel": (["#ops", "#agents", "#alerts"]).choose(r).expect("non-empty"),
-                     "ts": format!("{}.{:06}", r.random_range(1_700_000_000u64..=1_800_000_000), r.random_range(0..=999_999))})),
-        3 => ("WARNING", "Retrying request",
-              json!({"attempt": r.random_range(1..=5),
+        0 => (
+            "DEBUG",
+            "Heartbeat received",
+            json!({"agent_id": agent(r), "latency_ms": r.random_range(1..=900)}),
+        ),
+        1 => (
+            "INFO",
+            "Event published",
+            json!({"topic": (["task.created", "task.done", "agent.idle"]).choose(r).expect("non-empty"),
+                     "subscribers": r.random_range(0..=12), "payload_bytes": r.random_range(80..=9000)}),
+        ),
+        2 => (
+            "INFO",
+            "Slack message sent",
+            json!({"channel": (["#ops", "#agents", "#alerts"]).choose(r).expect("non-empty"),
+                     "ts": format!("{}.{:06}", r.random_range(1_700_000_000u64..=1_800_000_000), r.random_range(0..=999_999))}),
+        ),
+        3 => (
+            "WARNING",
+            "Retrying request",
+            json!({"attempt": r.random_range(1..=5),
                      "backoff_s": (r.random_range(0.1..8.0f64) * 1000.0).round() / 1000.0,
-                     "endpoint": (["/v1/chat", "/v1/embed", "/api/slack"]).choose(r).expect("non-empty")})),
-        4 => ("ERROR", "Upstream call failed",
-              json!({"status_code": ([429, 500, 502, 503]).choose(r).expect("non-empty"),
-                     "error": format!("upstream said: {}", ["overloaded", "bad gateway"].choose(r).expect("non-empty"))})),
-        5 => ("INFO", "Agent pool resized",
-              json!({"pool": "default", "size": r.random_range(1..=64), "reason": "autoscale"})),
-        6 => ("WARNING", "Task retry scheduled",
-              json!({"agent_id": agent(r), "attempt": r.random_range(1..=3), "status": "retrying",
-                     "error_type": ERRORS.choose(r).expect("non-empty")})),
-        _ => ("DEBUG", "Config reloaded",
-              json!({"path": "/etc/agents/config.yaml", "changed_keys": r.random_range(0..=9)})),
+                     "endpoint": (["/v1/chat", "/v1/embed", "/api/slack"]).choose(r).expect("non-empty")}),
+        ),
+        4 => (
+            "ERROR",
+            "Upstream call failed",
+            json!({"status_code": ([429, 500, 502, 503]).choose(r).expect("non-empty"),
+                     "error": format!("upstream said: {}", ["overloaded", "bad gateway"].choose(r).expect("non-empty"))}),
+        ),
+        5 => (
+            "INFO",
+            "Agent pool resized",
+            json!({"pool": "default", "size": r.random_range(1..=64), "reason": "autoscale"}),
+        ),
+        6 => (
+            "WARNING",
+            "Task retry scheduled",
+            json!({"agent_id": agent(r), "attempt": r.random_range(1..=3), "status": "retrying",
+                     "error_type": ERRORS.choose(r).expect("non-empty")}),
+        ),
+        _ => (
+            "DEBUG",
+            "Config reloaded",
+            json!({"path": "/etc/agents/config.yaml", "changed_keys": r.random_range(0..=9)}),
+        ),
     }
 }
 
@@ -190,7 +228,13 @@ mod tests {
 
     fn gen(count: u64, seed: u64, malformed_rate: f64) -> Vec<u8> {
         let mut out = Vec::new();
-        let opts = DemoOptions { count, seed, malformed_rate, rate: 0.0, live: false };
+        let opts = DemoOptions {
+            count,
+            seed,
+            malformed_rate,
+            rate: 0.0,
+            live: false,
+        };
         demo_logs(&opts, &mut out).unwrap();
         out
     }
@@ -214,7 +258,11 @@ mod tests {
             }
         }
         assert!(completed > 300, "{completed}");
-        assert!(lines[0].starts_with("{\"timestamp\":\"2024-01-01T00:00:00."), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with("{\"timestamp\":\"2024-01-01T00:00:00."),
+            "{}",
+            lines[0]
+        );
     }
 
     #[test]

@@ -52,7 +52,10 @@ pub fn exposition(derived: &Registry, selfm: &SelfMetrics) -> Result<String, pro
 async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
     let body = exposition(&state.derived, &state.selfm)?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response())
@@ -89,7 +92,8 @@ mod tests {
     async fn metrics_health_and_ready() {
         let selfm = SelfMetrics::new();
         let derived = Registry::new();
-        let c = prometheus::CounterVec::new(prometheus::Opts::new("x_total", "X."), &["v"]).unwrap();
+        let c =
+            prometheus::CounterVec::new(prometheus::Opts::new("x_total", "X."), &["v"]).unwrap();
         derived.register(Box::new(c.clone())).unwrap();
         c.with_label_values(&["a \"quoted\" \\ value\n"]).inc();
         let state = AppState {
@@ -108,11 +112,19 @@ mod tests {
             res.headers()[header::CONTENT_TYPE],
             "text/plain; version=0.0.4; charset=utf-8"
         );
-        let body = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();
         assert!(text.contains("# TYPE x_total counter\n"), "{text}");
-        assert!(text.contains("x_total{v=\"a \\\"quoted\\\" \\\\ value\\n\"} 1\n"), "{text}");
-        assert!(text.contains("weir_parse_errors_total{reason=\"invalid_json\"} 0\n"), "{text}");
+        assert!(
+            text.contains("x_total{v=\"a \\\"quoted\\\" \\\\ value\\n\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weir_parse_errors_total{reason=\"invalid_json\"} 0\n"),
+            "{text}"
+        );
         let res = app
             .clone()
             .oneshot(Request::get("/ready").body(Body::empty()).unwrap())

@@ -4,9 +4,7 @@
 //! Every counter that records a kept-but-irregular event lives here, labelled by reason, so
 //! "counted, never silently dropped" can be checked from the outside.
 
-use prometheus::{
-    Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::event::ParseIssue;
 

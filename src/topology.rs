@@ -112,7 +112,11 @@ impl Processor {
 
     /// Runs until every sender of `rx` is gone, on a thread of its own (a current-thread
     /// runtime only for the channel and the timer). Each tick expires idle series.
-    fn spawn(mut self, mut rx: mpsc::Receiver<LineBatch>, fill: prometheus::IntGauge) -> std::io::Result<std::thread::JoinHandle<()>> {
+    fn spawn(
+        mut self,
+        mut rx: mpsc::Receiver<LineBatch>,
+        fill: prometheus::IntGauge,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
@@ -181,7 +185,9 @@ pub async fn run(
     tracing::debug!(pipeline = %origin, "starting");
     let max_line = parser.max_line_bytes();
     let (tx, rx) = mpsc::channel::<LineBatch>(CHANNEL_BATCHES);
-    let fill = selfm.channel_fill.with_label_values(&["sources_to_processor"]);
+    let fill = selfm
+        .channel_fill
+        .with_label_values(&["sources_to_processor"]);
     let processing = Processor::new(parser, deriver, selfm.clone())
         .spawn(rx, fill)
         .context("cannot start the processing thread")?;
@@ -214,11 +220,7 @@ pub async fn run(
         sources
     } else {
         vec![SourceConfig::File(source::FileConfig {
-            paths: opts
-                .files
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect(),
+            paths: opts.files.iter().map(|p| p.display().to_string()).collect(),
         })]
     };
     let sources = if sources.is_empty() {

@@ -245,7 +245,14 @@ impl<'s> Parser0<'s> {
             items.push(next);
             i = rest;
         }
-        Ok((i, if items.len() == 1 { items.remove(0) } else { Ast::Or(items) }))
+        Ok((
+            i,
+            if items.len() == 1 {
+                items.remove(0)
+            } else {
+                Ast::Or(items)
+            },
+        ))
     }
 
     fn and(&self, i: &'s str) -> Res<'s, Ast> {
@@ -256,7 +263,14 @@ impl<'s> Parser0<'s> {
             items.push(next);
             i = rest;
         }
-        Ok((i, if items.len() == 1 { items.remove(0) } else { Ast::And(items) }))
+        Ok((
+            i,
+            if items.len() == 1 {
+                items.remove(0)
+            } else {
+                Ast::And(items)
+            },
+        ))
     }
 
     fn unary(&self, i: &'s str) -> Res<'s, Ast> {
@@ -287,11 +301,7 @@ impl<'s> Parser0<'s> {
             return Ok((rest, Ast::Const(false)));
         }
         let (rest, p) = expect("a field path, `exists(...)`, `!` or `(`", path).parse(i)?;
-        let (rest, o) = expect(
-            "an operator (==, !=, =~, !~, <, <=, >, >=)",
-            ws(op),
-        )
-        .parse(rest)?;
+        let (rest, o) = expect("an operator (==, !=, =~, !~, <, <=, >, >=)", ws(op)).parse(rest)?;
         let (rest, _) = multispace0(rest)?;
         let offset = self.src.len() - rest.len();
         let (rest, lit) = expect("a string, number, true or false", literal).parse(rest)?;
@@ -391,8 +401,19 @@ impl Ast {
                 let field = resolve(path);
                 match (op, literal) {
                     (Op::Match | Op::NotMatch, Literal::Str(s)) => {
-                        let re = Regex::new(s)
-                            .map_err(|e| err(format!("a valid regular expression ({e})")))?;
+                        let re = Regex::new(s).map_err(|e| {
+                            // regex's message draws its own caret over several lines; keep
+                            // only the last line, which says what is wrong.
+                            let text = e.to_string();
+                            let why = text
+                                .lines()
+                                .rev()
+                                .find(|l| !l.trim().is_empty())
+                                .unwrap_or("")
+                                .trim()
+                                .trim_start_matches("error: ");
+                            err(format!("a valid regular expression ({why})"))
+                        })?;
                         let m = Condition::Regex(field, re);
                         if *op == Op::NotMatch {
                             Condition::Not(Box::new(m))
@@ -478,9 +499,7 @@ impl Condition {
             Condition::TextEq(f, s) => f.text(ev).is_some_and(|t| t == s.as_str()),
             Condition::Regex(f, re) => f.text(ev).is_some_and(|t| re.is_match(&t)),
             Condition::NumCmp(f, op, n) => f.number(ev).is_some_and(|v| cmp(*op, v, *n)),
-            Condition::BoolEq(f, b) => {
-                f.boolean(ev) == Some(*b)
-            }
+            Condition::BoolEq(f, b) => f.boolean(ev) == Some(*b),
             Condition::LevelCmp(op, level) => {
                 let (a, b) = (ev.level as u8 as f64, *level as u8 as f64);
                 cmp(*op, a, b)

@@ -187,7 +187,10 @@ pub fn compile_condition(
                 .char_indices()
                 .nth(e.column - 1)
                 .map_or(text.get_ref().len(), |(i, _)| i);
-        CompileError::at(at..at + 1, format!("invalid condition: expected {}", e.expected))
+        CompileError::at(
+            at..at + 1,
+            format!("invalid condition: expected {}", e.expected),
+        )
     })
 }
 
@@ -294,7 +297,8 @@ impl MetricConfig {
             (None, None, kind) => {
                 return Err(CompileError::at(
                     name_span,
-                    format!("metric {name:?}: a {kind:?} needs `value = \"field.path\"`").to_lowercase(),
+                    format!("metric {name:?}: a {kind:?} needs `value = \"field.path\"`")
+                        .to_lowercase(),
                 ))
             }
         };
@@ -348,7 +352,10 @@ impl MetricConfig {
         let errors = ErrorCounters {
             value_missing: err("value_missing", from_field),
             value_not_numeric: err("value_not_numeric", from_field),
-            negative_increment: err("negative_increment", from_field && self.kind == MetricKind::Counter),
+            negative_increment: err(
+                "negative_increment",
+                from_field && self.kind == MetricKind::Counter,
+            ),
         };
         Ok(CompiledMetric {
             name,

@@ -11,8 +11,8 @@ use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
 use hashbrown::{Equivalent, HashMap};
-use prometheus::{CounterVec, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter};
 use prometheus::Counter;
+use prometheus::{CounterVec, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter};
 
 /// Label value used for every label of the overflow series.
 pub const OVERFLOW_VALUE: &str = "__weir_overflow__";
@@ -222,7 +222,12 @@ mod tests {
         let mut out: Vec<_> = reg.gather()[0]
             .get_metric()
             .iter()
-            .map(|m| (m.get_label()[0].value().to_string(), m.get_counter().get_value()))
+            .map(|m| {
+                (
+                    m.get_label()[0].value().to_string(),
+                    m.get_counter().get_value(),
+                )
+            })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out

@@ -248,8 +248,9 @@ fn value_of(text: &str) -> Value<'_> {
             let inner = &text[1..text.len() - 1];
             if inner.contains('\\') {
                 // Escapes: let serde_json decode them.
-                serde_json::from_str::<String>(text)
-                    .map_or(Value::Str(Cow::Borrowed(inner)), |s| Value::Str(Cow::Owned(s)))
+                serde_json::from_str::<String>(text).map_or(Value::Str(Cow::Borrowed(inner)), |s| {
+                    Value::Str(Cow::Owned(s))
+                })
             } else {
                 Value::Str(Cow::Borrowed(inner))
             }
@@ -258,7 +259,9 @@ fn value_of(text: &str) -> Value<'_> {
         Some(b'f') => Value::Bool(false),
         Some(b'n') => Value::Null,
         Some(b'{' | b'[') => Value::Composite(text),
-        _ => text.parse::<f64>().map_or(Value::Null, |n| Value::Num(n, text)),
+        _ => text
+            .parse::<f64>()
+            .map_or(Value::Null, |n| Value::Num(n, text)),
     }
 }
 
@@ -282,7 +285,13 @@ mod tests {
 
     #[test]
     fn captures_nested_dotted_and_escaped() {
-        let t = trie(&["message", "metadata.agent_id", "metadata.depth", "log.level", "a"]);
+        let t = trie(&[
+            "message",
+            "metadata.agent_id",
+            "metadata.depth",
+            "log.level",
+            "a",
+        ]);
         let line = r#"{"message":"hi \"you\"","metadata":{"agent_id":"agent-01","depth":17,"x":[1,{"y":2}]},"log.level":"warn","a":{"b":1},"z":null}"#;
         let (r, out) = run(&t, line);
         assert_eq!(r, Ok(Shape::Object));

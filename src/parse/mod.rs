@@ -363,19 +363,43 @@ mod tests {
     fn conventions_of_other_loggers() {
         let p = parser(&EventConfig::default());
         // Pino: numeric level and epoch ms; Bunyan's `name` as component.
-        let (ev, _) = parse(&p, r#"{"level":30,"time":1704067200123,"name":"api","msg":"hello"}"#);
-        assert_eq!((ev.level, ev.timestamp), (Level::Info, 1_704_067_200_123_000_000));
-        assert_eq!((ev.component.as_deref(), &*ev.message), (Some("api"), "hello"));
+        let (ev, _) = parse(
+            &p,
+            r#"{"level":30,"time":1704067200123,"name":"api","msg":"hello"}"#,
+        );
+        assert_eq!(
+            (ev.level, ev.timestamp),
+            (Level::Info, 1_704_067_200_123_000_000)
+        );
+        assert_eq!(
+            (ev.component.as_deref(), &*ev.message),
+            (Some("api"), "hello")
+        );
         // zap: float epoch seconds in `ts`, `logger`.
-        let (ev, _) = parse(&p, r#"{"level":"warn","ts":1704067200.5,"logger":"db","msg":"slow"}"#);
-        assert_eq!((ev.level, ev.timestamp), (Level::Warning, 1_704_067_200_500_000_000));
+        let (ev, _) = parse(
+            &p,
+            r#"{"level":"warn","ts":1704067200.5,"logger":"db","msg":"slow"}"#,
+        );
+        assert_eq!(
+            (ev.level, ev.timestamp),
+            (Level::Warning, 1_704_067_200_500_000_000)
+        );
         assert_eq!(ev.component.as_deref(), Some("db"));
         // ECS: dotted keys.
-        let (ev, _) = parse(&p, r#"{"@timestamp":"2024-01-01T00:00:00Z","log.level":"error","message":"m","trace.id":"t1"}"#);
+        let (ev, _) = parse(
+            &p,
+            r#"{"@timestamp":"2024-01-01T00:00:00Z","log.level":"error","message":"m","trace.id":"t1"}"#,
+        );
         assert_eq!((ev.level, &*ev.trace_id), (Level::Error, "t1"));
         // Python logging JSON.
-        let (ev, _) = parse(&p, r#"{"asctime":"2024-01-01 00:00:00,250","levelname":"CRITICAL","name":"app.worker","message":"boom"}"#);
-        assert_eq!((ev.level, ev.timestamp), (Level::Critical, 1_704_067_200_250_000_000));
+        let (ev, _) = parse(
+            &p,
+            r#"{"asctime":"2024-01-01 00:00:00,250","levelname":"CRITICAL","name":"app.worker","message":"boom"}"#,
+        );
+        assert_eq!(
+            (ev.level, ev.timestamp),
+            (Level::Critical, 1_704_067_200_250_000_000)
+        );
         // trace id nested in metadata.
         let (ev, _) = parse(&p, r#"{"message":"m","metadata":{"trace_id":"nested"}}"#);
         assert_eq!(ev.trace_id, "nested");
@@ -385,9 +409,15 @@ mod tests {
     fn missing_and_bad_timestamps_fall_back_and_are_reported() {
         let p = parser(&EventConfig::default());
         let (ev, issues) = parse(&p, r#"{"message":"m"}"#);
-        assert_eq!((ev.timestamp, issues), (7, vec![ParseIssue::TimestampMissing]));
+        assert_eq!(
+            (ev.timestamp, issues),
+            (7, vec![ParseIssue::TimestampMissing])
+        );
         let (ev, issues) = parse(&p, r#"{"timestamp":"soon","message":"m"}"#);
-        assert_eq!((ev.timestamp, issues), (7, vec![ParseIssue::TimestampInvalid]));
+        assert_eq!(
+            (ev.timestamp, issues),
+            (7, vec![ParseIssue::TimestampInvalid])
+        );
     }
 
     #[test]
@@ -396,7 +426,10 @@ mod tests {
         let (ev, issues) = parse(&p, r#"{"timestamp":"2024-01-01T00:00:00Z","message":"cut"#);
         assert_eq!(issues, vec![ParseIssue::InvalidJson]);
         assert!(!ev.is_json);
-        assert_eq!(ev.message, r#"{"timestamp":"2024-01-01T00:00:00Z","message":"cut"#);
+        assert_eq!(
+            ev.message,
+            r#"{"timestamp":"2024-01-01T00:00:00Z","message":"cut"#
+        );
         assert!(ev.captured.iter().all(Option::is_none));
         assert_eq!(ev.timestamp, 7);
         assert_eq!(ev.trace_id.len(), 36, "a UUID is generated");
@@ -423,9 +456,14 @@ mod tests {
     fn invalid_utf8_is_replaced_and_reported_but_a_cut_character_is_not() {
         let mut issues = Vec::new();
         let text = line_text(b"ab\xffcd", false, &mut |i| issues.push(i));
-        assert_eq!((text.as_ref(), issues.as_slice()), ("ab\u{fffd}cd", &[ParseIssue::InvalidUtf8][..]));
+        assert_eq!(
+            (text.as_ref(), issues.as_slice()),
+            ("ab\u{fffd}cd", &[ParseIssue::InvalidUtf8][..])
+        );
         let mut issues = Vec::new();
-        let text = line_text("abé".as_bytes()[..3].as_ref(), true, &mut |i| issues.push(i));
+        let text = line_text("abé".as_bytes()[..3].as_ref(), true, &mut |i| {
+            issues.push(i)
+        });
         assert_eq!((text.as_ref(), issues.len()), ("ab", 0));
     }
 }

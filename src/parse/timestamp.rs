@@ -129,7 +129,14 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_time() {
-        for s in ["", "yesterday", "2024-13-01T00:00:00Z", "12:00", "-5", "1e400"] {
+        for s in [
+            "",
+            "yesterday",
+            "2024-13-01T00:00:00Z",
+            "12:00",
+            "-5",
+            "1e400",
+        ] {
             assert_eq!(parse_timestamp(s), None, "{s}");
         }
         assert_eq!(timestamp_of(&Value::Bool(true)), None);

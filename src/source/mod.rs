@@ -206,7 +206,10 @@ mod tests {
             _cx: &mut std::task::Context<'_>,
             buf: &mut tokio::io::ReadBuf<'_>,
         ) -> std::task::Poll<std::io::Result<()>> {
-            let n = self.piece.min(buf.remaining()).min(self.data.len() - self.at);
+            let n = self
+                .piece
+                .min(buf.remaining())
+                .min(self.data.len() - self.at);
             let at = self.at;
             buf.put_slice(&self.data[at..at + n]);
             self.at += n;
@@ -228,7 +231,10 @@ mod tests {
         let mut bytes = 0;
         while let Some(b) = r.next_batch().await.unwrap() {
             bytes += b.bytes_read;
-            out.extend(b.iter().map(|(l, t)| (String::from_utf8_lossy(l).into_owned(), t)));
+            out.extend(
+                b.iter()
+                    .map(|(l, t)| (String::from_utf8_lossy(l).into_owned(), t)),
+            );
         }
         assert_eq!(bytes, data.len() as u64, "every byte read is accounted for");
         out
@@ -244,7 +250,12 @@ mod tests {
         for piece in [1, 2, 3, 5, 100] {
             assert_eq!(
                 lines(data, piece, 100).await,
-                s(&[("one", false), ("two", false), ("", false), ("three", false)]),
+                s(&[
+                    ("one", false),
+                    ("two", false),
+                    ("", false),
+                    ("three", false)
+                ]),
                 "piece {piece}"
             );
         }
@@ -297,7 +308,9 @@ mod tests {
         .unwrap();
         assert!(matches!(t.sources[0], SourceConfig::Stdin(_)));
         assert!(matches!(&t.sources[1], SourceConfig::File(f) if f.paths == ["/a.log"]));
-        let e = toml::from_str::<T>("[[sources]]\ntype = \"stdin\"\npath = 1\n").err().unwrap();
+        let e = toml::from_str::<T>("[[sources]]\ntype = \"stdin\"\npath = 1\n")
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("unknown field `path`"), "{e}");
     }
 }

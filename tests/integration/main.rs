@@ -1,1 +1,4 @@
+//! Integration tests: the real `weir` binary, fed generated agent-system logs.
 
+mod core;
+mod util;

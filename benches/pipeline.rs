@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use weir::generate::{demo_logs, DemoOptions};
-use weir::source::{LineBatch, LineSpan};
+use weir::source::LineBatch;
 use weir::telemetry::SelfMetrics;
 use weir::topology::Processor;
 
@@ -19,20 +19,9 @@ fn batches(corpus: &[u8]) -> Vec<LineBatch> {
     let mut out = Vec::new();
     let lines: Vec<&[u8]> = corpus.split_inclusive(|&b| b == b'\n').collect();
     for chunk in lines.chunks(500) {
-        let mut batch = LineBatch {
-            source: Arc::from("bench"),
-            buf: Vec::new(),
-            lines: Vec::new(),
-            bytes_read: 0,
-        };
+        let mut batch = LineBatch::new(Arc::from("bench"));
         for line in chunk {
-            let start = batch.buf.len() as u32;
-            batch.buf.extend_from_slice(&line[..line.len() - 1]);
-            batch.lines.push(LineSpan {
-                start,
-                end: batch.buf.len() as u32,
-                truncated: false,
-            });
+            batch.push(&line[..line.len() - 1], false, None);
             batch.bytes_read += line.len() as u64;
         }
         out.push(batch);

@@ -112,16 +112,19 @@ pub enum ParseIssue {
     TimestampMissing,
     /// A timestamp that could not be read: the time of receipt is used.
     TimestampInvalid,
+    /// A Docker or CRI log line whose envelope could not be read: kept as the raw line.
+    InvalidEnvelope,
 }
 
 impl ParseIssue {
-    pub const ALL: [ParseIssue; 6] = [
+    pub const ALL: [ParseIssue; 7] = [
         ParseIssue::InvalidJson,
         ParseIssue::NotAnObject,
         ParseIssue::InvalidUtf8,
         ParseIssue::Truncated,
         ParseIssue::TimestampMissing,
         ParseIssue::TimestampInvalid,
+        ParseIssue::InvalidEnvelope,
     ];
 
     /// The `reason` label value.
@@ -133,6 +136,7 @@ impl ParseIssue {
             ParseIssue::Truncated => "line_truncated",
             ParseIssue::TimestampMissing => "timestamp_missing",
             ParseIssue::TimestampInvalid => "timestamp_invalid",
+            ParseIssue::InvalidEnvelope => "invalid_envelope",
         }
     }
 }

@@ -37,6 +37,24 @@ pub struct SelfMetrics {
     pub events_per_second: Gauge,
     pub channel_fill: IntGaugeVec,
     pub up: IntGauge,
+    /// TCP clients connected now.
+    pub tcp_connections: IntGauge,
+    /// TCP connections by result: accepted, refused (over max_connections).
+    pub tcp_connections_total: IntCounterVec,
+    /// TCP disconnections by reason: eof, idle_timeout, line_too_long, error, shutdown.
+    pub tcp_disconnects_total: IntCounterVec,
+    /// Files open for reading now.
+    pub files_open: IntGauge,
+    /// File lifecycle by event: discovered, rotated, truncated, deleted, resumed.
+    pub file_events_total: IntCounterVec,
+    /// Checkpoint writes by result: ok, error.
+    pub checkpoint_writes_total: IntCounterVec,
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::with_opts(Opts::new(name, help)).expect("valid constant name");
+    reg.register(Box::new(g.clone())).expect("registered once");
+    g
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -136,6 +154,32 @@ impl SelfMetrics {
                 "weir_channel_fill",
                 "Batches waiting in a bounded channel between components.",
                 &["channel"],
+            ),
+            tcp_connections: gauge(&reg, "weir_tcp_connections", "TCP clients connected now."),
+            tcp_connections_total: counter_vec(
+                &reg,
+                "weir_tcp_connections_total",
+                "TCP connections by result (accepted, refused).",
+                &["result"],
+            ),
+            tcp_disconnects_total: counter_vec(
+                &reg,
+                "weir_tcp_disconnects_total",
+                "TCP disconnections by reason.",
+                &["reason"],
+            ),
+            files_open: gauge(&reg, "weir_files_open", "Files open for reading now."),
+            file_events_total: counter_vec(
+                &reg,
+                "weir_file_events_total",
+                "File lifecycle events (discovered, rotated, truncated, deleted, resumed).",
+                &["event"],
+            ),
+            checkpoint_writes_total: counter_vec(
+                &reg,
+                "weir_checkpoint_writes_total",
+                "Checkpoint writes by result.",
+                &["result"],
             ),
             events_per_second,
             up,

@@ -78,13 +78,15 @@ impl Processor {
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let tick = self.tick();
         let mut counts = [0u64; ParseIssue::ALL.len()];
-        for (bytes, truncated) in batch.iter() {
+        for span in &batch.lines {
+            let (bytes, truncated) = (batch.line(span), span.truncated);
             let mut issue = |i: ParseIssue| counts[i as usize] += 1;
             if truncated {
                 issue(ParseIssue::Truncated);
             }
             let text = line_text(bytes, truncated, &mut issue);
-            let ev = self.parser.parse(&text, received, &mut issue);
+            let attrs = batch.attrs_of(span);
+            let ev = self.parser.parse_with_attrs(&text, attrs, received, &mut issue);
             self.deriver.apply(&ev, tick);
         }
         for (c, n) in self.issues.iter().zip(counts) {
@@ -221,10 +223,11 @@ pub async fn run(
     } else {
         vec![SourceConfig::File(source::FileConfig {
             paths: opts.files.iter().map(|p| p.display().to_string()).collect(),
+            format: source::Format::Json,
         })]
     };
     let sources = if sources.is_empty() {
-        vec![SourceConfig::Stdin(source::StdinConfig {})]
+        vec![SourceConfig::Stdin(source::StdinConfig::default())]
     } else {
         sources
     };
@@ -238,6 +241,9 @@ pub async fn run(
                         .await
                         .context("reading stdin")
                 });
+            }
+            SourceConfig::Tcp(_) => {
+                anyhow::bail!("the tcp source is not wired yet");
             }
             SourceConfig::File(f) => {
                 let paths: Vec<PathBuf> = f.paths.iter().map(PathBuf::from).collect();

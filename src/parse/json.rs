@@ -72,6 +72,12 @@ impl PathTrie {
         self.paths.is_empty()
     }
 
+    /// The id of `path`, if it was interned.
+    pub fn get(&self, path: &str) -> Option<usize> {
+        let node = path.split('.').try_fold(0, |n, seg| self.child(n, seg))?;
+        self.nodes[node].id
+    }
+
     /// The path text of an id.
     pub fn path(&self, id: usize) -> &str {
         &self.paths[id]

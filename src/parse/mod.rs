@@ -234,18 +234,46 @@ impl LineParser {
         received: TimestampNs,
         issue: &mut impl FnMut(ParseIssue),
     ) -> Event<'a> {
+        self.parse_with_attrs(line, &[], received, issue)
+    }
+
+    /// As [`parse`](Self::parse), with attributes the source attached to the line (container
+    /// envelope fields). An attribute fills a path the line itself does not have, so a Docker
+    /// envelope's `time` serves as timestamp when the application's line has none.
+    pub fn parse_with_attrs<'a>(
+        &self,
+        line: &'a str,
+        attrs: &'a [(Box<str>, Box<str>)],
+        received: TimestampNs,
+        issue: &mut impl FnMut(ParseIssue),
+    ) -> Event<'a> {
         let mut captured = vec![None; self.trie.len()];
         let shape = json::capture(&self.trie, line, &mut captured);
+        let fill_attrs = |captured: &mut Vec<Option<Value<'a>>>| {
+            for (k, v) in attrs {
+                if let Some(id) = self.trie.get(k) {
+                    if captured[id].is_none() {
+                        captured[id] = Some(Value::Str(Cow::Borrowed(v)));
+                    }
+                }
+            }
+        };
         if !matches!(shape, Ok(json::Shape::Object)) {
             issue(match shape {
                 Ok(_) => ParseIssue::NotAnObject,
                 Err(_) => ParseIssue::InvalidJson,
             });
             captured.iter_mut().for_each(|c| *c = None);
+            fill_attrs(&mut captured);
+            let timestamp = self
+                .timestamp
+                .iter()
+                .find_map(|&id| captured[id].as_ref().and_then(timestamp::timestamp_of))
+                .unwrap_or(received);
             return Event {
                 line,
                 is_json: false,
-                timestamp: received,
+                timestamp,
                 level: Level::Unknown,
                 component: None,
                 message: Cow::Borrowed(line),
@@ -253,6 +281,7 @@ impl LineParser {
                 captured,
             };
         }
+        fill_attrs(&mut captured);
         let first = |ids: &[usize]| {
             ids.iter()
                 .find_map(|&id| captured[id].as_ref().filter(|v| **v != Value::Null))

@@ -23,12 +23,33 @@ pub enum SourceConfig {
     Stdin(StdinConfig),
     /// Lines from files, read in order to their end.
     File(FileConfig),
+    /// Newline-delimited JSON from TCP clients.
+    Tcp(TcpConfig),
+}
+
+/// How a source's lines are framed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Each line is the application's line (JSON or not).
+    #[default]
+    Json,
+    /// Docker json-file: `{"log":"...\n","stream":"stdout","time":"..."}`.
+    Docker,
+    /// CRI (containerd, CRI-O): `2024-05-01T12:00:00.123456789Z stdout F message`.
+    Cri,
+    /// Docker or CRI or plain, told apart per line.
+    Auto,
 }
 
 /// `type = "stdin"`
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StdinConfig {}
+pub struct StdinConfig {
+    /// Framing of the lines. Default: json.
+    #[serde(default)]
+    pub format: Format,
+}
 
 /// `type = "file"`
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +57,41 @@ pub struct StdinConfig {}
 pub struct FileConfig {
     /// Files to read, in order.
     pub paths: Vec<String>,
+    /// Framing of the lines. Default: json.
+    #[serde(default)]
+    pub format: Format,
+}
+
+/// `type = "tcp"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// Address to listen on. Default: 127.0.0.1:5170 (loopback unless configured).
+    #[serde(default = "default_tcp_address")]
+    pub address: String,
+    /// Most concurrent clients; past it new connections are refused and counted. Default: 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client that sends nothing for this long is disconnected. Default: 300.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Longest line a client may send; a longer one is cut there, counted, and the client is
+    /// disconnected. Default: the pipeline's `event.max_line_bytes`.
+    #[serde(default)]
+    pub max_line_bytes: Option<usize>,
+    /// Framing of the lines. Default: json.
+    #[serde(default)]
+    pub format: Format,
+}
+
+pub fn default_tcp_address() -> String {
+    "127.0.0.1:5170".into()
+}
+const fn default_max_connections() -> usize {
+    1024
+}
+const fn default_idle_timeout_secs() -> u64 {
+    300
 }
 
 /// Where a line sits in its batch's buffer.
@@ -45,7 +101,13 @@ pub struct LineSpan {
     pub end: u32,
     /// The line was longer than `max_line_bytes` and was cut.
     pub truncated: bool,
+    /// 0: no attributes; n: the line's attributes are `LineBatch::attrs[n - 1]`.
+    pub attrs: u32,
 }
+
+/// Fields a source attaches to its lines, beside those of the line itself: Docker's `stream` and
+/// `container_id`, CRI's `stream`, `namespace`, `pod`, `container`. Shared by the lines of a file.
+pub type Attrs = Arc<[(Box<str>, Box<str>)]>;
 
 /// Complete lines read by a source, in order, sharing one buffer.
 #[derive(Debug)]
@@ -56,9 +118,50 @@ pub struct LineBatch {
     pub lines: Vec<LineSpan>,
     /// Bytes read from the source for these lines, including any discarded past a cut.
     pub bytes_read: u64,
+    /// Attribute sets referred to by `LineSpan::attrs`.
+    pub attrs: Vec<Attrs>,
 }
 
 impl LineBatch {
+    pub fn new(source: Arc<str>) -> Self {
+        LineBatch {
+            source,
+            buf: Vec::new(),
+            lines: Vec::new(),
+            bytes_read: 0,
+            attrs: Vec::new(),
+        }
+    }
+
+    /// Appends a line (copying its bytes) with optional attributes.
+    pub fn push(&mut self, line: &[u8], truncated: bool, attrs: Option<&Attrs>) {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(line);
+        let attrs = match attrs {
+            None => 0,
+            Some(a) => {
+                if !self.attrs.last().is_some_and(|last| Arc::ptr_eq(last, a)) {
+                    self.attrs.push(a.clone());
+                }
+                self.attrs.len() as u32
+            }
+        };
+        self.lines.push(LineSpan {
+            start,
+            end: self.buf.len() as u32,
+            truncated,
+            attrs,
+        });
+    }
+
+    /// The attributes of a line (empty for most sources).
+    pub fn attrs_of(&self, span: &LineSpan) -> &[(Box<str>, Box<str>)] {
+        match span.attrs {
+            0 => &[],
+            n => &self.attrs[n as usize - 1],
+        }
+    }
+
     pub fn line(&self, span: &LineSpan) -> &[u8] {
         &self.buf[span.start as usize..span.end as usize]
     }
@@ -100,12 +203,8 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         if self.eof {
             return Ok(None);
         }
-        let mut batch = LineBatch {
-            source: self.source.clone(),
-            buf: Vec::with_capacity(self.carry.len() + READ_CHUNK),
-            lines: Vec::new(),
-            bytes_read: 0,
-        };
+        let mut batch = LineBatch::new(self.source.clone());
+        batch.buf.reserve(self.carry.len() + READ_CHUNK);
         batch.buf.append(&mut self.carry);
         // Start of the line being read, and where the newline scan resumes.
         let mut line_start = 0usize;
@@ -186,6 +285,7 @@ fn push_line(buf: &[u8], lines: &mut Vec<LineSpan>, start: usize, end: usize, tr
         start: start as u32,
         end: end as u32,
         truncated,
+        attrs: 0,
     });
 }
 

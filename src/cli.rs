@@ -59,6 +59,9 @@ pub struct RunArgs {
     /// Progress bar for files on stderr: auto (when stderr is a terminal), always, never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     pub progress: String,
+    /// Add a TCP source listening on this address (newline-delimited JSON); repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub tcp: Vec<String>,
     /// Files to read instead of stdin (read in order, to their end).
     pub files: Vec<PathBuf>,
 }
@@ -194,6 +197,7 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         files: args.files,
         listen,
         progress,
+        tcp: args.tcp,
     };
     runtime.block_on(topology::run(pipeline, opts, selfm.clone(), shutdown))?;
     if args.oneshot {

@@ -45,6 +45,8 @@ pub struct RunOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// Show a progress bar over the files.
     pub progress: bool,
+    /// TCP listen addresses from `--tcp`; each adds a TCP source.
+    pub tcp: Vec<String>,
 }
 
 /// Parse + derive, one batch at a time.
@@ -226,6 +228,14 @@ pub async fn run(
             format: source::Format::Json,
         })]
     };
+    let mut sources = sources;
+    for address in opts.tcp {
+        sources.push(SourceConfig::Tcp(source::TcpConfig {
+            address,
+            ..source::TcpConfig::default()
+        }));
+    }
+    // stdin is the default only when nothing else is configured.
     let sources = if sources.is_empty() {
         vec![SourceConfig::Stdin(source::StdinConfig::default())]
     } else {
@@ -242,8 +252,13 @@ pub async fn run(
                         .context("reading stdin")
                 });
             }
-            SourceConfig::Tcp(_) => {
-                anyhow::bail!("the tcp source is not wired yet");
+            SourceConfig::Tcp(cfg) => {
+                let selfm = selfm.clone();
+                tasks.spawn(async move {
+                    source::tcp::run(cfg, out, stop, max_line, selfm)
+                        .await
+                        .map_err(anyhow::Error::from)
+                });
             }
             SourceConfig::File(f) => {
                 let paths: Vec<PathBuf> = f.paths.iter().map(PathBuf::from).collect();

@@ -6,6 +6,7 @@
 //! the caller counts in `weir_parse_errors_total{reason}`. Captures of a line that turns out to be
 //! broken JSON are discarded, so no metric is ever derived from half a line.
 
+pub mod container;
 pub mod json;
 pub mod level;
 pub mod timestamp;

@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod stdin;
+pub mod tcp;
 
 use std::sync::Arc;
 
@@ -82,6 +83,18 @@ pub struct TcpConfig {
     /// Framing of the lines. Default: json.
     #[serde(default)]
     pub format: Format,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            address: default_tcp_address(),
+            max_connections: default_max_connections(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            max_line_bytes: None,
+            format: Format::Json,
+        }
+    }
 }
 
 pub fn default_tcp_address() -> String {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, ConfigError};
 use crate::generate::{self, DemoOptions};
 use crate::server;
+use crate::source::Format;
 use crate::telemetry::{self, SelfMetrics};
 use crate::topology::{self, RunOptions};
 
@@ -62,7 +63,18 @@ pub struct RunArgs {
     /// Add a TCP source listening on this address (newline-delimited JSON); repeatable.
     #[arg(long, value_name = "ADDR")]
     pub tcp: Vec<String>,
-    /// Files to read instead of stdin (read in order, to their end).
+    /// Framing of the inputs given here: json (default), docker, cri or auto.
+    #[arg(long, value_parser = ["json", "docker", "cri", "auto"])]
+    pub format: Option<String>,
+    /// Pass every line through to stdout (`app | weir run --stdout | tee app.log`).
+    #[arg(long, conflicts_with = "oneshot")]
+    pub stdout: bool,
+    /// Directory for checkpoints of tailed files (overrides the pipeline's data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Files or globs to follow like `tail -F` (with --oneshot: read once, in order, to their
+    /// end). Without any, weir reads stdin.
+    #[arg(value_name = "FILE_OR_GLOB")]
     pub files: Vec<PathBuf>,
 }
 
@@ -198,6 +210,15 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         listen,
         progress,
         tcp: args.tcp,
+        oneshot: args.oneshot,
+        format: args.format.as_deref().map(|f| match f {
+            "docker" => Format::Docker,
+            "cri" => Format::Cri,
+            "auto" => Format::Auto,
+            _ => Format::Json,
+        }),
+        data_dir: args.data_dir,
+        stdout: args.stdout,
     };
     runtime.block_on(topology::run(pipeline, opts, selfm.clone(), shutdown))?;
     if args.oneshot {

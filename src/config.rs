@@ -33,6 +33,9 @@ pub struct PipelineConfig {
     /// Inputs (`[[sources]]`). Default: stdin, or the files named on the command line.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// Directory for weir's state (file checkpoints). Default: none (`--data-dir` sets it).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
     /// Derived metrics (`[[metrics]]`).
     #[serde(default)]
     pub metrics: Vec<MetricConfig>,
@@ -122,6 +125,7 @@ pub struct CompiledPipeline {
     /// The registry holding the derived metrics (weir's own are in [`SelfMetrics`]).
     pub registry: Registry,
     pub sources: Vec<SourceConfig>,
+    pub data_dir: Option<PathBuf>,
 }
 
 impl PipelineConfig {
@@ -175,6 +179,7 @@ impl PipelineConfig {
             deriver: Deriver::new(metrics),
             registry,
             sources: self.sources.clone(),
+            data_dir: self.data_dir.clone(),
         })
     }
 }

@@ -47,6 +47,14 @@ pub struct RunOptions {
     pub progress: bool,
     /// TCP listen addresses from `--tcp`; each adds a TCP source.
     pub tcp: Vec<String>,
+    /// Read inputs to their end and stop (files are read once instead of tailed).
+    pub oneshot: bool,
+    /// `--format` for the sources made from the command line.
+    pub format: Option<source::Format>,
+    /// `--data-dir`, else the pipeline's `data_dir`: where checkpoints are kept.
+    pub data_dir: Option<PathBuf>,
+    /// `--stdout`: pass every line through to stdout.
+    pub stdout: bool,
 }
 
 /// Parse + derive, one batch at a time.
@@ -56,6 +64,8 @@ pub struct Processor {
     selfm: SelfMetrics,
     issues: Vec<IntCounter>,
     started: Instant,
+    /// `--stdout`: every line passes through to stdout, before the batch is acknowledged.
+    passthrough: Option<std::io::BufWriter<std::io::Stdout>>,
 }
 
 impl Processor {
@@ -66,7 +76,17 @@ impl Processor {
             deriver,
             selfm,
             started: Instant::now(),
+            passthrough: None,
         }
+    }
+
+    /// Passes every line through to stdout (`app | weir run --stdout | tee`).
+    pub fn with_passthrough(mut self) -> Self {
+        self.passthrough = Some(std::io::BufWriter::with_capacity(
+            256 * 1024,
+            std::io::stdout(),
+        ));
+        self
     }
 
     fn tick(&self) -> u32 {
@@ -88,7 +108,9 @@ impl Processor {
             }
             let text = line_text(bytes, truncated, &mut issue);
             let attrs = batch.attrs_of(span);
-            let ev = self.parser.parse_with_attrs(&text, attrs, received, &mut issue);
+            let ev = self
+                .parser
+                .parse_with_attrs(&text, attrs, received, &mut issue);
             self.deriver.apply(&ev, tick);
         }
         for (c, n) in self.issues.iter().zip(counts) {
@@ -105,6 +127,25 @@ impl Processor {
             .bytes_total
             .with_label_values(&source)
             .inc_by(batch.bytes_read);
+        if let Some(out) = &mut self.passthrough {
+            use std::io::Write;
+            let written = batch
+                .lines
+                .iter()
+                .try_for_each(|span| {
+                    out.write_all(batch.line(span))?;
+                    out.write_all(b"\n")
+                })
+                .and_then(|()| out.flush());
+            if let Err(e) = written {
+                // Downstream closed (`| head`): stop passing through, keep deriving.
+                tracing::warn!(error = %e, "stdout closed; passthrough stopped");
+                self.passthrough = None;
+            }
+        }
+        if let Some(ack) = &batch.ack {
+            ack.acknowledge();
+        }
         if counts[ParseIssue::InvalidJson as usize] > 0 {
             tracing::debug!(
                 source = %batch.source,
@@ -185,14 +226,28 @@ pub async fn run(
         registry,
         sources,
         origin,
+        data_dir: pipeline_data_dir,
     } = pipeline;
+    let data_dir = opts.data_dir.clone().or(pipeline_data_dir);
+    if data_dir.is_none()
+        && (!opts.files.is_empty() || sources.iter().any(|s| matches!(s, SourceConfig::File(_))))
+        && !opts.oneshot
+    {
+        tracing::warn!(
+            "no data_dir: file positions are not checkpointed, a restart reads files again"
+        );
+    }
     tracing::debug!(pipeline = %origin, "starting");
     let max_line = parser.max_line_bytes();
     let (tx, rx) = mpsc::channel::<LineBatch>(CHANNEL_BATCHES);
     let fill = selfm
         .channel_fill
         .with_label_values(&["sources_to_processor"]);
-    let processing = Processor::new(parser, deriver, selfm.clone())
+    let mut processor = Processor::new(parser, deriver, selfm.clone());
+    if opts.stdout {
+        processor = processor.with_passthrough();
+    }
+    let processing = processor
         .spawn(rx, fill)
         .context("cannot start the processing thread")?;
 
@@ -220,54 +275,68 @@ pub async fn run(
         None => None,
     };
 
-    let sources = if opts.files.is_empty() {
-        sources
-    } else {
-        vec![SourceConfig::File(source::FileConfig {
-            paths: opts.files.iter().map(|p| p.display().to_string()).collect(),
-            format: source::Format::Json,
-        })]
-    };
+    let format = opts.format.unwrap_or_default();
     let mut sources = sources;
+    if !opts.files.is_empty() {
+        sources.push(SourceConfig::File(source::FileConfig::for_paths(
+            opts.files.iter().map(|p| p.display().to_string()).collect(),
+            format,
+        )));
+    }
     for address in opts.tcp {
         sources.push(SourceConfig::Tcp(source::TcpConfig {
             address,
+            format,
             ..source::TcpConfig::default()
         }));
     }
     // stdin is the default only when nothing else is configured.
-    let sources = if sources.is_empty() {
-        vec![SourceConfig::Stdin(source::StdinConfig::default())]
-    } else {
-        sources
-    };
+    if sources.is_empty() {
+        sources.push(SourceConfig::Stdin(source::StdinConfig { format }));
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for s in sources {
         let (out, stop) = (tx.clone(), shutdown.clone());
+        let selfm = selfm.clone();
         match s {
-            SourceConfig::Stdin(_) => {
+            SourceConfig::Stdin(cfg) => {
                 tasks.spawn(async move {
-                    source::stdin::run(out, stop, max_line)
+                    source::stdin::run(cfg.format, out, stop, max_line, selfm)
                         .await
                         .context("reading stdin")
                 });
             }
             SourceConfig::Tcp(cfg) => {
-                let selfm = selfm.clone();
                 tasks.spawn(async move {
                     source::tcp::run(cfg, out, stop, max_line, selfm)
                         .await
                         .map_err(anyhow::Error::from)
                 });
             }
-            SourceConfig::File(f) => {
-                let paths: Vec<PathBuf> = f.paths.iter().map(PathBuf::from).collect();
+            SourceConfig::File(f) if opts.oneshot => {
+                // A backfill: every matching file once, to its end, in order.
+                let paths: Vec<PathBuf> = source::file::expand(&f.paths, &f.exclude)?
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect();
+                if paths.is_empty() {
+                    anyhow::bail!("no file matches {:?}", f.paths.join(" "));
+                }
                 let progress = opts.progress.then(|| progress_bar(&paths));
                 tasks.spawn(async move {
-                    source::file::run(paths, out, stop, max_line, progress)
+                    source::file::read_to_end(paths, f.format, out, stop, max_line, selfm, progress)
                         .await
                         .map_err(anyhow::Error::from)
                 });
+            }
+            SourceConfig::File(cfg) => {
+                let tail = source::file::Tail {
+                    cfg,
+                    data_dir: data_dir.clone(),
+                    max_line_bytes: max_line,
+                    selfm,
+                };
+                tasks.spawn(async move { tail.run(out, stop).await.map_err(anyhow::Error::from) });
             }
         }
     }

@@ -282,10 +282,22 @@ impl LineParser {
                 captured,
             };
         }
+        // The line's own fields rank before the source's attributes: a line with `ts` keeps its
+        // time even though the Docker envelope's `time` comes earlier in the path list.
+        let from_line = (!attrs.is_empty()).then(|| captured.clone());
         fill_attrs(&mut captured);
-        let first = |ids: &[usize]| {
+        let present = |c: &[Option<Value<'a>>], ids: &[usize]| {
             ids.iter()
-                .find_map(|&id| captured[id].as_ref().filter(|v| **v != Value::Null))
+                .find_map(|&id| c[id].as_ref().filter(|v| **v != Value::Null))
+                .is_some()
+        };
+        let first = |ids: &[usize]| {
+            let source = match &from_line {
+                Some(line) if present(line, ids) => line,
+                _ => &captured,
+            };
+            ids.iter()
+                .find_map(|&id| source[id].as_ref().filter(|v| **v != Value::Null))
         };
         let timestamp = match first(&self.timestamp) {
             Some(v) => timestamp::timestamp_of(v).unwrap_or_else(|| {
@@ -465,6 +477,27 @@ mod tests {
         assert_eq!(ev.trace_id.len(), 36, "a UUID is generated");
         let (_, issues) = parse(&p, "[1,2,3]");
         assert_eq!(issues, vec![ParseIssue::NotAnObject]);
+    }
+
+    #[test]
+    fn attributes_fill_only_what_the_line_lacks() {
+        let p = parser(&EventConfig::default());
+        let attrs: Vec<(Box<str>, Box<str>)> = vec![
+            ("time".into(), "2024-05-01T00:00:00Z".into()),
+            ("stream".into(), "stderr".into()),
+        ];
+        let mut issues = Vec::new();
+        // zap's `ts` comes after `time` in the default paths, yet the line's own time wins.
+        let ev = p.parse_with_attrs(r#"{"ts":1704067200.5,"msg":"m"}"#, &attrs, 7, &mut |i| {
+            issues.push(i)
+        });
+        assert_eq!(ev.timestamp, 1_704_067_200_500_000_000);
+        // Without a time of its own, the envelope's serves; so it does for a plain-text line.
+        let ev = p.parse_with_attrs(r#"{"msg":"m"}"#, &attrs, 7, &mut |i| issues.push(i));
+        assert_eq!(ev.timestamp, 1_714_521_600_000_000_000);
+        let ev = p.parse_with_attrs("plain text", &attrs, 7, &mut |i| issues.push(i));
+        assert_eq!(ev.timestamp, 1_714_521_600_000_000_000);
+        assert_eq!(issues, vec![ParseIssue::InvalidJson]);
     }
 
     #[test]

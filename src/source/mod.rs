@@ -7,6 +7,7 @@
 //! longer than `max_line_bytes` is cut there and flagged (counted downstream); the rest of it is
 //! read and discarded without being buffered. A last line without a newline is emitted at EOF.
 
+pub mod checkpoint;
 pub mod file;
 pub mod stdin;
 pub mod tcp;
@@ -56,11 +57,60 @@ pub struct StdinConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// Files to read, in order.
+    /// Files or globs to follow (`/var/log/app/*.log`).
     pub paths: Vec<String>,
+    /// Globs of files to leave out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// For files found at startup without a checkpoint: `beginning` (default) or `end`.
+    /// Files that appear later are always read from their beginning.
+    #[serde(default)]
+    pub read_from: file::ReadFrom,
     /// Framing of the lines. Default: json.
     #[serde(default)]
     pub format: Format,
+    /// Most files read at once; more wait their turn. Default: 256.
+    #[serde(default = "default_max_open_files")]
+    pub max_open_files: usize,
+    /// A last line without newline is emitted after waiting this long. Default: 5000.
+    #[serde(default = "default_partial_line_timeout_ms")]
+    pub partial_line_timeout_ms: u64,
+    /// Globs are expanded again this often (and on notify events). Default: 1000.
+    #[serde(default = "default_rescan_interval_ms")]
+    pub rescan_interval_ms: u64,
+    /// Files at their end are checked for new data this often (and on notify events).
+    /// Default: 250.
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+}
+
+impl FileConfig {
+    /// A file source for paths given on the command line.
+    pub fn for_paths(paths: Vec<String>, format: Format) -> Self {
+        FileConfig {
+            paths,
+            exclude: Vec::new(),
+            read_from: file::ReadFrom::Beginning,
+            format,
+            max_open_files: default_max_open_files(),
+            partial_line_timeout_ms: default_partial_line_timeout_ms(),
+            rescan_interval_ms: default_rescan_interval_ms(),
+            poll_interval_ms: default_poll_interval_ms(),
+        }
+    }
+}
+
+const fn default_max_open_files() -> usize {
+    256
+}
+const fn default_partial_line_timeout_ms() -> u64 {
+    5000
+}
+const fn default_rescan_interval_ms() -> u64 {
+    1000
+}
+const fn default_poll_interval_ms() -> u64 {
+    250
 }
 
 /// `type = "tcp"`
@@ -133,6 +183,24 @@ pub struct LineBatch {
     pub bytes_read: u64,
     /// Attribute sets referred to by `LineSpan::attrs`.
     pub attrs: Vec<Attrs>,
+    /// Set by sources that checkpoint: acknowledged once the batch is processed.
+    pub ack: Option<Ack>,
+}
+
+/// End-to-end acknowledgement: when a batch has been processed, its source's position moves to
+/// `end`. A file source checkpoints only acknowledged positions, so a line is never recorded as
+/// done before it was processed.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub position: Arc<std::sync::atomic::AtomicU64>,
+    pub end: u64,
+}
+
+impl Ack {
+    pub fn acknowledge(&self) {
+        self.position
+            .fetch_max(self.end, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl LineBatch {
@@ -143,6 +211,7 @@ impl LineBatch {
             lines: Vec::new(),
             bytes_read: 0,
             attrs: Vec::new(),
+            ack: None,
         }
     }
 
@@ -197,6 +266,14 @@ pub struct LineReader<R> {
     /// The current line passed `max_line`: its kept part is in `carry`, the rest is skipped.
     skipping: bool,
     eof: bool,
+    /// Follow mode (tailing): EOF means "nothing more for now", not the end.
+    follow: bool,
+    /// Stream position: bytes consumed from the start of the stream (or the resume offset).
+    consumed: u64,
+    /// Stream position where the line being skipped started.
+    skip_start: u64,
+    /// Bytes read in a call that returned no batch, to be counted in the next batch.
+    pending_bytes: u64,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -208,7 +285,61 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             carry: Vec::new(),
             skipping: false,
             eof: false,
+            follow: false,
+            consumed: 0,
+            skip_start: 0,
+            pending_bytes: 0,
         }
+    }
+
+    /// A reader that tails: at EOF, [`next_batch`](Self::next_batch) returns `None` but keeps
+    /// the partial last line, and may be called again when more data arrives. `offset` is the
+    /// stream position the reader starts at (a resumed file's checkpoint).
+    pub fn following(inner: R, source: Arc<str>, max_line_bytes: usize, offset: u64) -> Self {
+        let mut r = LineReader::new(inner, source, max_line_bytes);
+        r.follow = true;
+        r.consumed = offset;
+        r
+    }
+
+    /// Stream position just past the last complete line returned: where a restart resumes.
+    pub fn position(&self) -> u64 {
+        if self.skipping {
+            self.skip_start
+        } else {
+            self.consumed - self.carry.len() as u64
+        }
+    }
+
+    /// Bytes of a partial line waiting for its newline.
+    pub fn pending(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Whether the reader is discarding the rest of an over-long line.
+    pub fn is_skipping(&self) -> bool {
+        self.skipping
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Emits the partial last line as it is (a writer that never finished it), if there is one.
+    pub fn take_partial(&mut self) -> Option<LineBatch> {
+        if self.carry.is_empty() && !self.skipping {
+            return None;
+        }
+        let mut batch = LineBatch::new(self.source.clone());
+        batch.bytes_read = std::mem::take(&mut self.pending_bytes);
+        batch.buf = std::mem::take(&mut self.carry);
+        let end = batch.buf.len();
+        push_line(&batch.buf, &mut batch.lines, 0, end, self.skipping);
+        if self.skipping {
+            // The rest of the over-long line is still skipped when it comes.
+            self.skip_start = self.consumed;
+        }
+        Some(batch)
     }
 
     /// The next batch of complete lines; `None` once the input is exhausted.
@@ -217,6 +348,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             return Ok(None);
         }
         let mut batch = LineBatch::new(self.source.clone());
+        batch.bytes_read = std::mem::take(&mut self.pending_bytes);
         batch.buf.reserve(self.carry.len() + READ_CHUNK);
         batch.buf.append(&mut self.carry);
         // Start of the line being read, and where the newline scan resumes.
@@ -229,9 +361,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 scratch.resize(READ_CHUNK, 0);
                 let n = self.inner.read(&mut scratch).await?;
                 batch.bytes_read += n as u64;
+                self.consumed += n as u64;
                 if n == 0 {
-                    self.finish(&mut batch, line_start);
-                    return Ok(Some(batch));
+                    return Ok(self.at_eof(batch, line_start));
                 }
                 let Some(i) = memchr::memchr(b'\n', &scratch[..n]) else {
                     continue;
@@ -248,9 +380,9 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 let n = self.inner.read(&mut batch.buf[len..]).await?;
                 batch.buf.truncate(len + n);
                 batch.bytes_read += n as u64;
+                self.consumed += n as u64;
                 if n == 0 {
-                    self.finish(&mut batch, line_start);
-                    return Ok(Some(batch));
+                    return Ok(self.at_eof(batch, line_start));
                 }
             }
             let LineBatch { buf, lines, .. } = &mut batch;
@@ -264,6 +396,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             scan_from = batch.buf.len();
             if batch.buf.len() - line_start > self.max_line {
                 // The current line is over the limit with no end in sight: keep its head only.
+                self.skip_start = self.consumed - (batch.buf.len() - line_start) as u64;
                 batch.buf.truncate(line_start + self.max_line);
                 scan_from = batch.buf.len();
                 self.skipping = true;
@@ -278,7 +411,18 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
-    /// At EOF: the last line, if it had no newline, is emitted as it is.
+    /// At EOF. Following: keep the partial line for later and report nothing new. Otherwise:
+    /// the last line, if it had no newline, is emitted as it is.
+    fn at_eof(&mut self, mut batch: LineBatch, line_start: usize) -> Option<LineBatch> {
+        if self.follow {
+            self.carry.extend_from_slice(&batch.buf[line_start..]);
+            self.pending_bytes += batch.bytes_read;
+            return None;
+        }
+        self.finish(&mut batch, line_start);
+        Some(batch)
+    }
+
     fn finish(&mut self, batch: &mut LineBatch, line_start: usize) {
         self.eof = true;
         if batch.buf.len() > line_start || self.skipping {

@@ -8,20 +8,46 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{LineBatch, LineReader};
+use super::{Format, LineBatch, LineReader};
+use crate::parse::container::ContainerDecoder;
+use crate::telemetry::SelfMetrics;
 
 pub async fn run(
+    format: Format,
     out: mpsc::Sender<LineBatch>,
     shutdown: CancellationToken,
     max_line_bytes: usize,
+    selfm: SelfMetrics,
 ) -> std::io::Result<()> {
-    let mut reader = LineReader::new(tokio::io::stdin(), Arc::from("stdin"), max_line_bytes);
+    let name: Arc<str> = Arc::from("stdin");
+    let mut reader = LineReader::new(tokio::io::stdin(), name.clone(), max_line_bytes);
+    let mut decoder = (format != Format::Json).then(|| {
+        let invalid = selfm.parse_errors.with_label_values(&["invalid_envelope"]);
+        ContainerDecoder::new(format, None, max_line_bytes, invalid)
+    });
     loop {
         let batch = tokio::select! {
             b = reader.next_batch() => b?,
             _ = shutdown.cancelled() => return Ok(()),
         };
-        let Some(batch) = batch else { return Ok(()) };
+        let batch = match (batch, &mut decoder) {
+            (None, Some(d)) => {
+                let mut b = LineBatch::new(name.clone());
+                d.flush(&mut b);
+                if !b.lines.is_empty() {
+                    let _ = out.send(b).await;
+                }
+                return Ok(());
+            }
+            (None, None) => return Ok(()),
+            (Some(raw), Some(d)) => {
+                let mut b = LineBatch::new(name.clone());
+                b.bytes_read = raw.bytes_read;
+                d.decode(&raw, &mut b);
+                b
+            }
+            (Some(b), None) => b,
+        };
         if out.send(batch).await.is_err() {
             return Ok(());
         }

@@ -1,9 +1,57 @@
-//! The TCP source: newline-delimited JSON from many clients. (Being written.)
+//! The TCP source: newline-delimited JSON from many clients (`type = "tcp"`, or `--tcp ADDR`).
+//!
+//! Applications and log shippers connect and write lines; each connection is served by a task
+//! of its own that cuts its bytes into lines with a [`LineReader`] and sends the batches into
+//! the pipeline's bounded channel. All connections share one `source` label, `tcp:ADDR` with the
+//! listen address (never the peer's), so `weir_events_total` and `weir_bytes_total` stay
+//! low-cardinality however many clients come and go.
+//!
+//! # Invariants
+//! - **Bounded connections.** A semaphore holds `max_connections` permits; a connection past
+//!   them is accepted and closed at once, counted in
+//!   `weir_tcp_connections_total{result="refused"}`. Accepted ones are counted
+//!   `{result="accepted"}` and `weir_tcp_connections` is the number open now. A permit is
+//!   released before the gauge drops, so a client that sees the gauge fall can connect.
+//! - **Bounded memory per connection.** One batch plus one partial line (at most the line limit).
+//!   A line longer than the limit is cut there; its head is sent as one truncated event (counted
+//!   downstream as `line_truncated`) and the client is disconnected with
+//!   `weir_tcp_disconnects_total{reason="line_too_long"}`. Reading stops as soon as the line
+//!   passes the limit: a client streaming 100 MiB without a newline costs one read buffer.
+//! - **Backpressure, isolation.** `send().await` on the bounded channel pauses a connection's
+//!   reads when the pipeline is behind, and the kernel's socket buffers push back on the client.
+//!   A slow or stuck client only blocks its own task.
+//! - **Idle timeout.** A client whose socket stays silent for `idle_timeout_secs` (0: never) while
+//!   weir waits to read is disconnected (`reason="idle_timeout"`). Time spent waiting on the
+//!   pipeline does not count: the clock starts when a read finds no data.
+//! - **Nothing read is lost silently.** Complete lines are sent as soon as a read completes them.
+//!   At EOF, idle timeout or cut-off, a last partial line is emitted as it is; only a partial line
+//!   of a connection broken by an error or by shutdown is dropped (it was never complete).
+//!   Every disconnection is counted once by reason: `eof`, `idle_timeout`, `line_too_long`,
+//!   `error`, `shutdown`.
+//! - **Shutdown.** Cancelling the token stops accepting, closes every connection, waits for the
+//!   connection tasks (each drops its sender), then returns `Ok`.
+//!
+//! With `format` other than `json`, each connection has its own [`ContainerDecoder`] that
+//! unwraps Docker or CRI envelopes; bytes are counted as read, before unwrapping.
 
-use tokio::sync::mpsc;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{LineBatch, TcpConfig};
+use super::{Format, LineBatch, LineReader, TcpConfig};
+use crate::parse::container::ContainerDecoder;
 use crate::telemetry::SelfMetrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,6 +61,65 @@ pub enum TcpError {
         address: String,
         source: std::io::Error,
     },
+    #[error("cannot read the local address of the listener on {address}: {source}")]
+    LocalAddr {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// Longest idle timeout honoured; longer ones (up to `u64::MAX` seconds) mean "practically never"
+/// and would overflow the clock.
+const MAX_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Pause after a failed `accept` (such as EMFILE), so a persistent failure does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one warning about refused connections per this interval.
+const REFUSED_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a connection ended; the `reason` label of `weir_tcp_disconnects_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disconnect {
+    Eof,
+    IdleTimeout,
+    LineTooLong,
+    Error,
+    Shutdown,
+}
+
+impl Disconnect {
+    const ALL: [Disconnect; 5] = [
+        Disconnect::Eof,
+        Disconnect::IdleTimeout,
+        Disconnect::LineTooLong,
+        Disconnect::Error,
+        Disconnect::Shutdown,
+    ];
+
+    fn reason(self) -> &'static str {
+        match self {
+            Disconnect::Eof => "eof",
+            Disconnect::IdleTimeout => "idle_timeout",
+            Disconnect::LineTooLong => "line_too_long",
+            Disconnect::Error => "error",
+            Disconnect::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What every connection task needs; one per listener, shared.
+struct Shared {
+    /// `tcp:ADDR`, the `source` label of every batch.
+    source: Arc<str>,
+    max_line: usize,
+    /// `None`: clients may stay silent forever.
+    idle: Option<Duration>,
+    format: Format,
+    out: mpsc::Sender<LineBatch>,
+    shutdown: CancellationToken,
+    open: IntGauge,
+    /// Indexed by `Disconnect as usize`.
+    disconnects: [IntCounter; Disconnect::ALL.len()],
+    invalid_envelope: IntCounter,
 }
 
 /// Accepts clients on `cfg.address` until `shutdown`; each client's lines are sent to `out`.
@@ -23,7 +130,554 @@ pub async fn run(
     max_line_bytes: usize,
     selfm: SelfMetrics,
 ) -> Result<(), TcpError> {
-    let _ = (cfg, out, max_line_bytes, selfm);
-    shutdown.cancelled().await;
+    let listener = TcpListener::bind(cfg.address.as_str())
+        .await
+        .map_err(|source| TcpError::Bind {
+            address: cfg.address.clone(),
+            source,
+        })?;
+    serve(listener, cfg, out, shutdown, max_line_bytes, selfm).await
+}
+
+/// The accept loop over a bound listener.
+async fn serve(
+    listener: TcpListener,
+    cfg: TcpConfig,
+    out: mpsc::Sender<LineBatch>,
+    shutdown: CancellationToken,
+    max_line_bytes: usize,
+    selfm: SelfMetrics,
+) -> Result<(), TcpError> {
+    let local = listener
+        .local_addr()
+        .map_err(|source| TcpError::LocalAddr {
+            address: cfg.address.clone(),
+            source,
+        })?;
+    let max_line = cfg.max_line_bytes.unwrap_or(max_line_bytes);
+    tracing::info!(
+        addr = %local,
+        max_connections = cfg.max_connections,
+        idle_timeout_secs = cfg.idle_timeout_secs,
+        max_line_bytes = max_line,
+        "tcp source listening"
+    );
+    let shared = Arc::new(Shared {
+        source: Arc::from(format!("tcp:{local}")),
+        max_line,
+        idle: (cfg.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(cfg.idle_timeout_secs).min(MAX_IDLE)),
+        format: cfg.format,
+        out,
+        shutdown: shutdown.clone(),
+        open: selfm.tcp_connections.clone(),
+        // Created up front so every reason is exported (at 0) from the start.
+        disconnects: Disconnect::ALL
+            .map(|d| selfm.tcp_disconnects_total.with_label_values(&[d.reason()])),
+        invalid_envelope: selfm.parse_errors.with_label_values(&["invalid_envelope"]),
+    });
+    let accepted = selfm.tcp_connections_total.with_label_values(&["accepted"]);
+    let refused = selfm.tcp_connections_total.with_label_values(&["refused"]);
+    let permits = Arc::new(Semaphore::new(
+        cfg.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+    let tasks = TaskTracker::new();
+    let mut refused_warned: Option<(Instant, u64)> = None;
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            // The pipeline is gone (its processor ended): nothing more can be delivered.
+            _ = shared.out.closed() => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(addr = %local, error = %e, "tcp accept failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the limit: closing the socket now is the refusal.
+            drop(stream);
+            refused.inc();
+            let due = refused_warned.is_none_or(|(at, _)| at.elapsed() >= REFUSED_WARN_EVERY);
+            if due {
+                let since = refused_warned.map_or(0, |(_, n)| n);
+                tracing::warn!(
+                    addr = %local,
+                    peer = %peer,
+                    max_connections = cfg.max_connections,
+                    refused = refused.get() - since,
+                    "tcp connections refused: max_connections reached"
+                );
+                refused_warned = Some((Instant::now(), refused.get()));
+            }
+            continue;
+        };
+        accepted.inc();
+        let open = Open::new(permit, shared.open.clone());
+        tasks.spawn(connection(shared.clone(), stream, peer, open));
+    }
+    drop(listener);
+    tasks.close();
+    tasks.wait().await;
+    tracing::debug!(addr = %local, "tcp source stopped");
     Ok(())
+}
+
+/// An open connection's hold on a permit and on the gauge.
+struct Open {
+    permit: Option<OwnedSemaphorePermit>,
+    gauge: IntGauge,
+}
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit, gauge: IntGauge) -> Self {
+        gauge.inc();
+        Open {
+            permit: Some(permit),
+            gauge,
+        }
+    }
+}
+
+impl Drop for Open {
+    /// The permit goes back before the gauge drops: whoever sees the gauge fall can connect.
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.gauge.dec();
+    }
+}
+
+/// Serves one client, then counts why it ended.
+async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, open: Open) {
+    tracing::debug!(peer = %peer, source = %shared.source, "tcp client connected");
+    let reason = read_client(&shared, stream, peer).await;
+    // The socket is closed by now; free the slot, then count.
+    drop(open);
+    shared.disconnects[reason as usize].inc();
+    tracing::debug!(peer = %peer, reason = reason.reason(), "tcp client disconnected");
+}
+
+/// Reads a client's lines until it ends; returns why. The socket is closed on return.
+async fn read_client(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Disconnect {
+    let ended = OnceLock::new();
+    let guarded = Guarded::new(stream, shared.max_line, shared.idle, &ended);
+    let mut reader = LineReader::new(guarded, shared.source.clone(), shared.max_line);
+    let mut decoder = (shared.format != Format::Json).then(|| {
+        ContainerDecoder::new(
+            shared.format,
+            None,
+            shared.max_line,
+            shared.invalid_envelope.clone(),
+        )
+    });
+    let reason = loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => break Disconnect::Shutdown,
+            next = reader.next_batch() => next,
+        };
+        let raw = match next {
+            Ok(Some(raw)) => raw,
+            // A stop forced by the guard looks like EOF to the reader; the guard says which.
+            Ok(None) => break ended.get().copied().unwrap_or(Disconnect::Eof),
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "tcp read failed");
+                break Disconnect::Error;
+            }
+        };
+        // A cut line means this client goes, once what it sent up to the cut is delivered.
+        let cut = raw.lines.iter().any(|l| l.truncated);
+        let batch = match &mut decoder {
+            None => raw,
+            Some(d) => {
+                let mut b = LineBatch::new(shared.source.clone());
+                b.bytes_read = raw.bytes_read;
+                d.decode(&raw, &mut b);
+                b
+            }
+        };
+        if (!batch.lines.is_empty() || batch.bytes_read > 0)
+            && shared.out.send(batch).await.is_err()
+        {
+            break Disconnect::Shutdown;
+        }
+        if cut {
+            tracing::debug!(
+                peer = %peer,
+                max_line_bytes = shared.max_line,
+                "tcp client sent a line over the limit"
+            );
+            break Disconnect::LineTooLong;
+        }
+    };
+    // Close the socket before the last send, which may wait on the pipeline.
+    drop(reader);
+    if let Some(mut d) = decoder {
+        let mut b = LineBatch::new(shared.source.clone());
+        d.flush(&mut b);
+        if !b.lines.is_empty() {
+            // A failed send means the pipeline is gone; nothing else can be done with it.
+            let _ = shared.out.send(b).await;
+        }
+    }
+    reason
+}
+
+/// A client socket as the [`LineReader`] sees it: reads end early (as EOF) when the client
+/// stays silent past the idle timeout, or once its current line has passed the line limit. The
+/// reader then emits what it holds as it does at EOF (a cut line's head flagged truncated), and
+/// `ended` says why.
+struct Guarded<'a, S> {
+    inner: S,
+    max_line: usize,
+    /// Bytes of the current line seen so far (since the last `\n`).
+    line_len: usize,
+    idle: Option<Idle>,
+    ended: &'a OnceLock<Disconnect>,
+}
+
+struct Idle {
+    after: Duration,
+    deadline: Pin<Box<Sleep>>,
+    /// A read is waiting for data, and `deadline` is set for it.
+    waiting: bool,
+}
+
+impl<'a, S> Guarded<'a, S> {
+    fn new(
+        inner: S,
+        max_line: usize,
+        idle: Option<Duration>,
+        ended: &'a OnceLock<Disconnect>,
+    ) -> Self {
+        Guarded {
+            inner,
+            // The same clamp as the LineReader's, so both agree on when a line is too long.
+            max_line: max_line.clamp(1, u32::MAX as usize / 2),
+            line_len: 0,
+            idle: idle.map(|after| Idle {
+                after,
+                deadline: Box::pin(tokio::time::sleep(after)),
+                waiting: false,
+            }),
+            ended,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<'_, S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.ended.get().is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if let Some(idle) = &mut this.idle {
+                    idle.waiting = false;
+                }
+                let new = &buf.filled()[before..];
+                match memchr::memrchr(b'\n', new) {
+                    Some(i) => this.line_len = new.len() - i - 1,
+                    None => this.line_len += new.len(),
+                }
+                if this.line_len > this.max_line {
+                    // The reader now holds the head and skips; it gets EOF on its next read,
+                    // so nothing more is read from this client.
+                    let _ = this.ended.set(Disconnect::LineTooLong);
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let Some(idle) = &mut this.idle else {
+                    return Poll::Pending;
+                };
+                if !idle.waiting {
+                    // The clock starts when a read finds nothing, not when the last one ended:
+                    // time spent waiting on the pipeline is not the client's silence.
+                    idle.waiting = true;
+                    let deadline = Instant::now() + idle.after;
+                    idle.deadline.as_mut().reset(deadline);
+                }
+                match idle.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let _ = this.ended.set(Disconnect::IdleTimeout);
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn lines(b: &LineBatch) -> Vec<(String, bool)> {
+        b.iter()
+            .map(|(l, t)| (String::from_utf8_lossy(l).into_owned(), t))
+            .collect()
+    }
+
+    /// A client silent past the timeout ends the stream; a partial line it sent is kept.
+    #[tokio::test(start_paused = true)]
+    async fn idle_client_ends_the_stream_and_keeps_its_partial_line() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let ended = OnceLock::new();
+        let g = Guarded::new(server, 100, Some(Duration::from_secs(5)), &ended);
+        let mut r = LineReader::new(g, "t".into(), 100);
+        client.write_all(b"one\npart").await.unwrap();
+        let b = r.next_batch().await.unwrap().unwrap();
+        assert_eq!(lines(&b), [("one".to_string(), false)]);
+        let start = Instant::now();
+        let b = r.next_batch().await.unwrap().unwrap();
+        assert_eq!(lines(&b), [("part".to_string(), false)]);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert!(r.next_batch().await.unwrap().is_none());
+        assert_eq!(ended.get(), Some(&Disconnect::IdleTimeout));
+    }
+
+    /// Time spent away from the socket (a full pipeline) is not counted as the client's silence.
+    #[tokio::test(start_paused = true)]
+    async fn time_waiting_on_the_pipeline_is_not_idle_time() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let ended = OnceLock::new();
+        let g = Guarded::new(server, 100, Some(Duration::from_secs(5)), &ended);
+        let mut r = LineReader::new(g, "t".into(), 100);
+        client.write_all(b"a\n").await.unwrap();
+        r.next_batch().await.unwrap().unwrap();
+        // As if the send into the channel took a minute.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            client.write_all(b"b\n").await.unwrap();
+            client
+        });
+        let b = r.next_batch().await.unwrap().unwrap();
+        assert_eq!(lines(&b), [("b".to_string(), false)]);
+        assert_eq!(ended.get(), None);
+        drop(writer.await.unwrap());
+        assert!(r.next_batch().await.unwrap().unwrap().lines.is_empty());
+        assert!(r.next_batch().await.unwrap().is_none());
+        assert_eq!(ended.get(), None, "a real EOF");
+    }
+
+    /// An endless line: its head comes out truncated and reading stops right past the limit.
+    #[tokio::test]
+    async fn an_endless_line_is_cut_and_reading_stops() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let ended = OnceLock::new();
+        let g = Guarded::new(server, 1000, None, &ended);
+        let mut r = LineReader::new(g, "t".into(), 1000);
+        let writer = tokio::spawn(async move {
+            client.write_all(b"first\n").await.unwrap();
+            let chunk = vec![b'x'; 4096];
+            let mut sent = 0usize;
+            // Stops when the reader side is dropped: the write fails.
+            while client.write_all(&chunk).await.is_ok() {
+                sent += chunk.len();
+                assert!(sent < 64 << 20, "the reader kept reading");
+            }
+            sent
+        });
+        let mut got = Vec::new();
+        let mut read = 0;
+        while let Some(b) = r.next_batch().await.unwrap() {
+            read += b.bytes_read;
+            got.extend(b.iter().map(|(l, t)| (l.len(), t)));
+        }
+        assert_eq!(got, [(5, false), (1000, true)]);
+        assert_eq!(ended.get(), Some(&Disconnect::LineTooLong));
+        assert!(read < 2 * 64 * 1024 + 1000, "read {read} bytes");
+        drop(r);
+        assert!(writer.await.unwrap() < 1 << 20);
+    }
+
+    /// A long line that does end is cut by the reader; the guard lets the stream go on (the
+    /// connection task disconnects on the truncated flag).
+    #[tokio::test]
+    async fn a_long_terminated_line_is_cut_by_the_reader() {
+        let mut data = vec![b'y'; 50];
+        data.extend(b"\nok\n");
+        let ended = OnceLock::new();
+        let g = Guarded::new(&data[..], 10, None, &ended);
+        let mut r = LineReader::new(g, "t".into(), 10);
+        let b = r.next_batch().await.unwrap().unwrap();
+        assert_eq!(
+            lines(&b),
+            [("yyyyyyyyyy".to_string(), true), ("ok".to_string(), false)]
+        );
+        assert_eq!(ended.get(), None);
+    }
+
+    struct Harness {
+        addr: SocketAddr,
+        rx: mpsc::Receiver<LineBatch>,
+        selfm: SelfMetrics,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<Result<(), TcpError>>,
+    }
+
+    async fn start(cfg: TcpConfig) -> Harness {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        let selfm = SelfMetrics::new();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve(
+            listener,
+            cfg,
+            tx,
+            shutdown.clone(),
+            1000,
+            selfm.clone(),
+        ));
+        Harness {
+            addr,
+            rx,
+            selfm,
+            shutdown,
+            task,
+        }
+    }
+
+    impl Harness {
+        fn disconnects(&self, reason: &str) -> u64 {
+            self.selfm
+                .tcp_disconnects_total
+                .with_label_values(&[reason])
+                .get()
+        }
+        fn connections(&self, result: &str) -> u64 {
+            self.selfm
+                .tcp_connections_total
+                .with_label_values(&[result])
+                .get()
+        }
+    }
+
+    /// Polls `f` until it holds (real time; the server runs on real sockets).
+    async fn until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn with_deadline<T>(f: impl Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("in time")
+    }
+
+    #[tokio::test]
+    async fn lines_arrive_under_the_listen_address_and_eof_is_counted() {
+        let mut h = start(TcpConfig::default()).await;
+        let mut c = TcpStream::connect(h.addr).await.unwrap();
+        c.write_all(b"{\"a\":1}\r\n{\"a\":2}\nlast").await.unwrap();
+        drop(c);
+        let mut got = Vec::new();
+        let mut bytes = 0;
+        while got.len() < 3 {
+            let b = with_deadline(h.rx.recv()).await.unwrap();
+            assert_eq!(&*b.source, format!("tcp:{}", h.addr));
+            bytes += b.bytes_read;
+            got.extend(lines(&b));
+        }
+        assert_eq!(got[2], ("last".to_string(), false));
+        assert_eq!(bytes, 21);
+        until("eof", || h.disconnects("eof") == 1).await;
+        assert_eq!(h.connections("accepted"), 1);
+        assert_eq!(h.selfm.tcp_connections.get(), 0);
+        h.shutdown.cancel();
+        with_deadline(&mut h.task).await.unwrap().unwrap();
+    }
+
+    /// Shutdown closes open connections (counted), drops every sender and returns Ok.
+    #[tokio::test]
+    async fn shutdown_closes_clients_and_drops_the_senders() {
+        let mut h = start(TcpConfig::default()).await;
+        let mut a = TcpStream::connect(h.addr).await.unwrap();
+        let mut b = TcpStream::connect(h.addr).await.unwrap();
+        a.write_all(b"x\n").await.unwrap();
+        with_deadline(h.rx.recv()).await.unwrap();
+        until("two open", || h.selfm.tcp_connections.get() == 2).await;
+        h.shutdown.cancel();
+        with_deadline(&mut h.task).await.unwrap().unwrap();
+        assert!(h.rx.recv().await.is_none(), "all senders dropped");
+        let mut buf = [0u8; 8];
+        assert_eq!(a.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(b.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(h.disconnects("shutdown"), 2);
+        assert_eq!(h.selfm.tcp_connections.get(), 0);
+    }
+
+    /// Past max_connections a client is closed at once and counted; a freed slot is reusable.
+    #[tokio::test]
+    async fn connections_past_the_limit_are_refused() {
+        let h = start(TcpConfig {
+            max_connections: 1,
+            ..TcpConfig::default()
+        })
+        .await;
+        let first = TcpStream::connect(h.addr).await.unwrap();
+        until("accepted", || h.selfm.tcp_connections.get() == 1).await;
+        let mut second = TcpStream::connect(h.addr).await.unwrap();
+        let mut buf = [0u8; 8];
+        // Closed by the server: EOF (or a reset, if the close raced our connect).
+        let n = with_deadline(second.read(&mut buf)).await.unwrap_or(0);
+        assert_eq!(n, 0);
+        assert_eq!(h.connections("refused"), 1);
+        drop(first);
+        until("slot freed", || h.selfm.tcp_connections.get() == 0).await;
+        let _third = TcpStream::connect(h.addr).await.unwrap();
+        until("accepted again", || h.connections("accepted") == 2).await;
+        assert_eq!(h.connections("refused"), 1);
+        h.shutdown.cancel();
+    }
+
+    /// A cut line: the head is delivered flagged, the client is disconnected and counted.
+    #[tokio::test]
+    async fn a_line_over_the_limit_disconnects_its_client() {
+        let mut h = start(TcpConfig {
+            max_line_bytes: Some(16),
+            ..TcpConfig::default()
+        })
+        .await;
+        let mut c = TcpStream::connect(h.addr).await.unwrap();
+        c.write_all(b"fine\n0123456789abcdefXYZ\nnever\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.iter().any(|(_, t)| *t) {
+            got.extend(lines(&with_deadline(h.rx.recv()).await.unwrap()));
+        }
+        assert_eq!(
+            got[..2],
+            [
+                ("fine".to_string(), false),
+                ("0123456789abcdef".to_string(), true)
+            ]
+        );
+        let mut buf = [0u8; 8];
+        assert_eq!(with_deadline(c.read(&mut buf)).await.unwrap_or(0), 0);
+        until("line_too_long", || h.disconnects("line_too_long") == 1).await;
+        h.shutdown.cancel();
+    }
 }

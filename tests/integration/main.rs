@@ -1,4 +1,6 @@
 //! Integration tests: the real `weir` binary, fed generated agent-system logs.
 
 mod core;
+mod file;
+mod tcp;
 mod util;

@@ -322,3 +322,82 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// Starts `weir run --listen 127.0.0.1:0 ARGS` with stdin closed and waits until weir has
+/// logged every message of `messages` (such as "serving /metrics", "tcp source listening"),
+/// whatever their order. Returns the running weir and the `addr` field of each message, in
+/// the order asked. `Running::addr` is the /metrics address.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_weir_logging(args: &[&str], messages: &[&str]) -> (Running, Vec<String>) {
+    let mut child = weir()
+        .args(["run", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    let stderr: ChildStderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut found: Vec<Option<String>> = vec![None; messages.len()];
+    let mut metrics = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while found.iter().any(Option::is_none) || metrics.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("weir logs {messages:?} and \"serving /metrics\""));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("stderr is JSON: {line}"));
+        let Some(addr) = v["fields"]["addr"].as_str() else {
+            continue;
+        };
+        if v["fields"]["message"] == "serving /metrics" {
+            metrics = Some(addr.to_string());
+        }
+        for (m, f) in messages.iter().zip(&mut found) {
+            if v["fields"]["message"] == *m && f.is_none() {
+                *f = Some(addr.to_string());
+            }
+        }
+    }
+    let running = Running {
+        child,
+        addr: metrics.expect("loop ends once found"),
+        _stderr_lines: rx,
+    };
+    (running, found.into_iter().flatten().collect())
+}
+
+/// One value from a scrape of a running weir's /metrics (0 if the series is absent).
+pub fn metric(addr: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (status, body) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    parse_exposition(&body)
+        .get(&key(name, labels))
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Scrapes until the series has the value `want` (30 s deadline), for values that settle
+/// shortly after an action (a disconnect counted, a gauge that drops).
+pub fn wait_for_metric(addr: &str, name: &str, labels: &[(&str, &str)], want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = metric(addr, name, labels);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} is {got}, expected {want} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

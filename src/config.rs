@@ -167,6 +167,19 @@ impl PipelineConfig {
             }
             metrics.push(m.compile(&mut trie, &registry, selfm).map_err(place)?);
         }
+        for (i, src) in self.sources.iter().enumerate() {
+            if let Err(message) = src.check() {
+                // Point at the source's `[[sources]]` header.
+                let at = text
+                    .match_indices("[[sources]]")
+                    .nth(i)
+                    .map_or(0, |(at, _)| at);
+                return Err(place(CompileError::at(
+                    at..at,
+                    format!("sources[{i}]: {message}"),
+                )));
+            }
+        }
         if self.event.max_line_bytes == 0 {
             return Err(place(CompileError::at(
                 text.find("max_line_bytes").unwrap_or(0)..0,
@@ -270,6 +283,26 @@ mod tests {
         let e = err("[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nwhen = 'message =~ \"(unclosed\"'\n");
         assert!(
             e.starts_with("p.toml:4:20: invalid condition: expected a valid regular expression"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_sources_point_at_their_table() {
+        let e = err("[[sources]]\ntype = \"stdin\"\n\n[[sources]]\ntype = \"tcp\"\naddress = \"localhost\"\n");
+        assert!(
+            e.starts_with("p.toml:4:1: sources[1]: invalid address \"localhost\""),
+            "{e}"
+        );
+        let e = err("[[sources]]\ntype = \"file\"\npaths = [\"/a/[\"]\n");
+        assert!(e.starts_with("p.toml:1:1: sources[0]: invalid glob"), "{e}");
+        let e = err("[[sources]]\ntype = \"tcp\"\nmax_connections = 0\n");
+        assert!(e.contains("max_connections must be at least 1"), "{e}");
+        let e = err("[[sources]]\ntype = \"fil\"\n");
+        assert!(
+            e.starts_with(
+                "p.toml:2:8: unknown variant `fil`, expected one of `stdin`, `file`, `tcp`"
+            ),
             "{e}"
         );
     }

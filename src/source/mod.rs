@@ -123,7 +123,7 @@ pub struct TcpConfig {
     /// Most concurrent clients; past it new connections are refused and counted. Default: 1024.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// A client that sends nothing for this long is disconnected. Default: 300.
+    /// A client that sends nothing for this long is disconnected; 0 never. Default: 300.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
     /// Longest line a client may send; a longer one is cut there, counted, and the client is
@@ -133,6 +133,42 @@ pub struct TcpConfig {
     /// Framing of the lines. Default: json.
     #[serde(default)]
     pub format: Format,
+}
+
+impl SourceConfig {
+    /// What serde cannot check. The message names the field; the caller places it.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            SourceConfig::Stdin(_) => Ok(()),
+            SourceConfig::File(f) => {
+                if f.paths.is_empty() {
+                    return Err("a file source needs at least one path in `paths`".into());
+                }
+                for p in f.paths.iter().chain(&f.exclude) {
+                    globset::Glob::new(p).map_err(|e| format!("invalid glob {p:?}: {e}"))?;
+                }
+                if f.max_open_files == 0 {
+                    return Err("max_open_files must be at least 1".into());
+                }
+                Ok(())
+            }
+            SourceConfig::Tcp(t) => {
+                t.address.parse::<std::net::SocketAddr>().map_err(|e| {
+                    format!(
+                        "invalid address {:?} ({e}): expected IP:PORT, such as 127.0.0.1:5170",
+                        t.address
+                    )
+                })?;
+                if t.max_connections == 0 {
+                    return Err("max_connections must be at least 1".into());
+                }
+                if t.max_line_bytes == Some(0) {
+                    return Err("max_line_bytes must be at least 1".into());
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Default for TcpConfig {

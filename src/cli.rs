@@ -66,6 +66,18 @@ pub struct RunArgs {
     /// Framing of the inputs given here: json (default), docker, cri or auto.
     #[arg(long, value_parser = ["json", "docker", "cri", "auto"])]
     pub format: Option<String>,
+    /// Forward every line to Loki (push API, protobuf + snappy), e.g. http://loki:3100.
+    #[arg(long, value_name = "URL")]
+    pub loki: Option<String>,
+    /// Forward every line to Elasticsearch (`_bulk`), e.g. http://elasticsearch:9200.
+    #[arg(long, value_name = "URL")]
+    pub elasticsearch: Option<String>,
+    /// Buffer of every sink: memory (default) or disk (under --data-dir; survives restarts).
+    #[arg(long, value_parser = ["memory", "disk"])]
+    pub buffer: Option<String>,
+    /// After SIGINT/SIGTERM, how long sinks may take to deliver what they hold.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
     /// Pass every line through to stdout (`app | weir run --stdout | tee app.log`).
     #[arg(long, conflicts_with = "oneshot")]
     pub stdout: bool,
@@ -174,6 +186,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The sinks of `--loki` and `--elasticsearch`, with every other setting at its default.
+fn cli_sinks(loki: Option<&str>, es: Option<&str>) -> anyhow::Result<Vec<crate::sink::SinkConfig>> {
+    let mut out = Vec::new();
+    for (kind, url) in [("loki", loki), ("elasticsearch", es)] {
+        if let Some(url) = url {
+            let text = format!("type = {kind:?}\nendpoint = {url:?}\n");
+            out.push(toml::from_str(&text).with_context(|| format!("--{kind} {url}"))?);
+        }
+    }
+    Ok(out)
+}
+
 fn config_error(e: ConfigError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
     Ok(ExitCode::from(2))
@@ -219,6 +243,12 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         data_dir: args.data_dir,
         stdout: args.stdout,
+        sinks: cli_sinks(args.loki.as_deref(), args.elasticsearch.as_deref())?,
+        buffer: args.buffer.as_deref().map(|b| match b {
+            "disk" => crate::sink::BufferKind::Disk,
+            _ => crate::sink::BufferKind::Memory,
+        }),
+        shutdown_timeout_secs: args.shutdown_timeout_secs,
     };
     runtime.block_on(topology::run(pipeline, opts, selfm.clone(), shutdown))?;
     if args.oneshot {

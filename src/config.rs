@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::derive::{CompiledMetric, Deriver, MetricConfig};
 use crate::parse::{EventConfig, LineParser, PathTrie};
+use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
 use crate::telemetry::SelfMetrics;
 
@@ -33,9 +34,13 @@ pub struct PipelineConfig {
     /// Inputs (`[[sources]]`). Default: stdin, or the files named on the command line.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
-    /// Directory for weir's state (file checkpoints). Default: none (`--data-dir` sets it).
+    /// Directory for weir's state (file checkpoints, disk buffers). Default: none
+    /// (`--data-dir` sets it).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// Outputs besides the metrics (`[[sinks]]`).
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
     /// Derived metrics (`[[metrics]]`).
     #[serde(default)]
     pub metrics: Vec<MetricConfig>,
@@ -126,6 +131,7 @@ pub struct CompiledPipeline {
     pub registry: Registry,
     pub sources: Vec<SourceConfig>,
     pub data_dir: Option<PathBuf>,
+    pub sinks: Vec<SinkConfig>,
 }
 
 impl PipelineConfig {
@@ -180,6 +186,18 @@ impl PipelineConfig {
                 )));
             }
         }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if let Err(message) = sink.check() {
+                let at = text
+                    .match_indices("[[sinks]]")
+                    .nth(i)
+                    .map_or(0, |(at, _)| at);
+                return Err(place(CompileError::at(
+                    at..at,
+                    format!("sinks[{i}]: {message}"),
+                )));
+            }
+        }
         if self.event.max_line_bytes == 0 {
             return Err(place(CompileError::at(
                 text.find("max_line_bytes").unwrap_or(0)..0,
@@ -193,6 +211,7 @@ impl PipelineConfig {
             registry,
             sources: self.sources.clone(),
             data_dir: self.data_dir.clone(),
+            sinks: self.sinks.clone(),
         })
     }
 }

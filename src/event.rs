@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Nanoseconds since the Unix epoch, UTC.
 pub type TimestampNs = i64;
@@ -50,7 +50,7 @@ impl Value<'_> {
 }
 
 /// Severity normalised from the many spellings found in the wild.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Level {
     /// No level in the line, or one that could not be recognised.

@@ -19,6 +19,7 @@ pub mod generate;
 pub mod parse;
 pub mod server;
 pub mod shutdown;
+pub mod sink;
 pub mod source;
 pub mod telemetry;
 pub mod topology;

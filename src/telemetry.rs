@@ -49,6 +49,15 @@ pub struct SelfMetrics {
     pub file_events_total: IntCounterVec,
     /// Checkpoint writes by result: ok, error.
     pub checkpoint_writes_total: IntCounterVec,
+    pub sink_events: IntCounterVec,
+    pub sink_bytes: IntCounterVec,
+    pub sink_batches: IntCounterVec,
+    pub sink_retries: IntCounterVec,
+    pub sink_errors: IntCounterVec,
+    pub sink_dead_lettered: IntCounterVec,
+    pub sink_dropped: IntCounterVec,
+    pub sink_buffer_events: IntGaugeVec,
+    pub sink_latency: prometheus::HistogramVec,
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
@@ -181,6 +190,24 @@ impl SelfMetrics {
                 "Checkpoint writes by result.",
                 &["result"],
             ),
+            sink_events: counter_vec(&reg, "weir_sink_events_total", "Events a sink delivered.", &["sink"]),
+            sink_bytes: counter_vec(&reg, "weir_sink_bytes_total", "Request bytes a sink delivered.", &["sink"]),
+            sink_batches: counter_vec(&reg, "weir_sink_batches_total", "Requests (or writes) a sink made.", &["sink"]),
+            sink_retries: counter_vec(&reg, "weir_sink_retries_total", "Requests sent again, by reason.", &["sink", "reason"]),
+            sink_errors: counter_vec(&reg, "weir_sink_errors_total", "Failed requests and rejected items, by reason.", &["sink", "reason"]),
+            sink_dead_lettered: counter_vec(&reg, "weir_sink_dead_lettered_total", "Events that can never be delivered, written to the dead-letter file.", &["sink", "reason"]),
+            sink_dropped: counter_vec(&reg, "weir_sink_dropped_total", "Events dropped: buffer full with when_full = drop_newest, or shutdown deadline passed.", &["sink", "reason"]),
+            sink_buffer_events: gauge_vec(&reg, "weir_sink_buffer_events", "Events waiting in a sink's buffer.", &["sink"]),
+            sink_latency: {
+                let h = prometheus::HistogramVec::new(
+                    prometheus::HistogramOpts::new("weir_sink_send_seconds", "Time per request, response included.")
+                        .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    &["sink"],
+                )
+                .expect("valid constant name");
+                reg.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
             events_per_second,
             up,
             registry: reg,

@@ -29,8 +29,10 @@ use crate::derive::Deriver;
 use crate::event::ParseIssue;
 use crate::parse::{line_text, LineParser};
 use crate::server::{self, AppState};
+use crate::sink::{self, AckToken, SinkConfig as SinkCfg, SinkEvent, SinkInput};
 use crate::source::{self, LineBatch, SourceConfig};
 use crate::telemetry::SelfMetrics;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// Capacity of the source → processor channel, in batches (each at most one 128 KiB read).
 pub const CHANNEL_BATCHES: usize = 16;
@@ -55,6 +57,12 @@ pub struct RunOptions {
     pub data_dir: Option<PathBuf>,
     /// `--stdout`: pass every line through to stdout.
     pub stdout: bool,
+    /// Sinks from the command line (`--loki`, `--elasticsearch`).
+    pub sinks: Vec<SinkCfg>,
+    /// `--buffer`: the buffer of every sink.
+    pub buffer: Option<sink::BufferKind>,
+    /// After a signal, how long sinks may take to deliver what they hold.
+    pub shutdown_timeout_secs: u64,
 }
 
 /// Parse + derive, one batch at a time.
@@ -64,8 +72,10 @@ pub struct Processor {
     selfm: SelfMetrics,
     issues: Vec<IntCounter>,
     started: Instant,
-    /// `--stdout`: every line passes through to stdout, before the batch is acknowledged.
-    passthrough: Option<std::io::BufWriter<std::io::Stdout>>,
+    /// Where events go besides the metrics; empty: no event is built.
+    sinks: Vec<SinkInput>,
+    /// Arrival sequence, for the ids of lines that have no file position.
+    seq: u64,
 }
 
 impl Processor {
@@ -76,16 +86,14 @@ impl Processor {
             deriver,
             selfm,
             started: Instant::now(),
-            passthrough: None,
+            sinks: Vec::new(),
+            seq: 0,
         }
     }
 
-    /// Passes every line through to stdout (`app | weir run --stdout | tee`).
-    pub fn with_passthrough(mut self) -> Self {
-        self.passthrough = Some(std::io::BufWriter::with_capacity(
-            256 * 1024,
-            std::io::stdout(),
-        ));
+    /// Sends every event to these sinks too (fan-out).
+    pub fn with_sinks(mut self, sinks: Vec<SinkInput>) -> Self {
+        self.sinks = sinks;
         self
     }
 
@@ -93,8 +101,16 @@ impl Processor {
         u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
     }
 
-    /// Parses and derives every line of `batch`.
-    pub fn process(&mut self, batch: &LineBatch) {
+    /// Parses and derives every line of `batch`; returns the events for the sinks (none when
+    /// there are no sinks). Each event holds the batch's acknowledgement, which fires once every
+    /// sink is done with every event of the batch (at once when there are no sinks).
+    pub fn process(&mut self, batch: &LineBatch) -> Vec<SinkEvent> {
+        let ack = batch
+            .ack
+            .clone()
+            .map(|a| AckToken::new(move || a.acknowledge()));
+        let want_events = !self.sinks.is_empty();
+        let mut out = Vec::with_capacity(if want_events { batch.lines.len() } else { 0 });
         let received = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -112,6 +128,41 @@ impl Processor {
                 .parser
                 .parse_with_attrs(&text, attrs, received, &mut issue);
             self.deriver.apply(&ev, tick);
+            if want_events {
+                let id = match batch.origin {
+                    // A file line: its identity is its place in the file, stable across restarts.
+                    Some((stream, base)) if !truncated => {
+                        let mut key = [0u8; 16];
+                        key[..8].copy_from_slice(&stream.to_le_bytes());
+                        key[8..].copy_from_slice(&(base + u64::from(span.start)).to_le_bytes());
+                        xxh3_128(&key)
+                    }
+                    _ => {
+                        self.seq += 1;
+                        let mut h = xxhash_rust::xxh3::Xxh3::new();
+                        h.update(batch.source.as_bytes());
+                        h.update(&self.seq.to_le_bytes());
+                        h.update(bytes);
+                        h.digest128()
+                    }
+                };
+                out.push(SinkEvent {
+                    id: format!("{id:032x}"),
+                    line: text.to_string(),
+                    timestamp: ev.timestamp,
+                    level: ev.level,
+                    component: ev.component.as_deref().map(str::to_string),
+                    message: ev.message.to_string(),
+                    trace_id: ev.trace_id.to_string(),
+                    is_json: ev.is_json,
+                    attrs: attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    source: batch.source.clone(),
+                    ack: ack.clone(),
+                });
+            }
         }
         for (c, n) in self.issues.iter().zip(counts) {
             if n > 0 {
@@ -127,31 +178,35 @@ impl Processor {
             .bytes_total
             .with_label_values(&source)
             .inc_by(batch.bytes_read);
-        if let Some(out) = &mut self.passthrough {
-            use std::io::Write;
-            let written = batch
-                .lines
-                .iter()
-                .try_for_each(|span| {
-                    out.write_all(batch.line(span))?;
-                    out.write_all(b"\n")
-                })
-                .and_then(|()| out.flush());
-            if let Err(e) = written {
-                // Downstream closed (`| head`): stop passing through, keep deriving.
-                tracing::warn!(error = %e, "stdout closed; passthrough stopped");
-                self.passthrough = None;
-            }
-        }
-        if let Some(ack) = &batch.ack {
-            ack.acknowledge();
-        }
         if counts[ParseIssue::InvalidJson as usize] > 0 {
             tracing::debug!(
                 source = %batch.source,
                 lines = counts[ParseIssue::InvalidJson as usize],
                 "lines that are not JSON kept as raw-message events"
             );
+        }
+        out
+    }
+
+    /// Hands the events of a batch to every sink (the last one gets the originals).
+    async fn fan_out(&mut self, events: Vec<SinkEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let n = self.sinks.len();
+        let mut events = Some(events);
+        for (i, sink) in self.sinks.iter_mut().enumerate() {
+            let mine = if i + 1 == n {
+                events.take().unwrap_or_default()
+            } else {
+                events.clone().unwrap_or_default()
+            };
+            for chunk in chunks(mine) {
+                if !sink.send(chunk).await {
+                    tracing::error!(sink = %sink.name, "sink stopped; its events are lost");
+                    break;
+                }
+            }
         }
     }
 
@@ -181,7 +236,9 @@ impl Processor {
                                 let Some(batch) = batch else { return };
                                 fill.set(rx.len() as i64);
                                 events += batch.lines.len() as u64;
-                                self.process(&batch);
+                                let out = self.process(&batch);
+                                drop(batch);
+                                self.fan_out(out).await;
                             }
                             _ = every.tick() => {
                                 let expired = self.deriver.expire(self.tick());
@@ -212,6 +269,18 @@ impl Processor {
     }
 }
 
+/// Splits events into chunks of at most [`sink::CHUNK`].
+fn chunks(mut events: Vec<SinkEvent>) -> Vec<Vec<SinkEvent>> {
+    let mut out = Vec::new();
+    while events.len() > sink::CHUNK {
+        let rest = events.split_off(sink::CHUNK);
+        out.push(events);
+        events = rest;
+    }
+    out.push(events);
+    out
+}
+
 /// Runs the pipeline until its inputs end or `shutdown` is cancelled. The final values stay in
 /// the pipeline's registry (clone it before the call to read them after).
 pub async fn run(
@@ -227,6 +296,7 @@ pub async fn run(
         sources,
         origin,
         data_dir: pipeline_data_dir,
+        sinks,
     } = pipeline;
     let data_dir = opts.data_dir.clone().or(pipeline_data_dir);
     if data_dir.is_none()
@@ -243,10 +313,35 @@ pub async fn run(
     let fill = selfm
         .channel_fill
         .with_label_values(&["sources_to_processor"]);
-    let mut processor = Processor::new(parser, deriver, selfm.clone());
+    // Sinks: the pipeline's, then those of the command line.
+    let mut sink_cfgs = sinks;
+    sink_cfgs.extend(opts.sinks.iter().cloned());
     if opts.stdout {
-        processor = processor.with_passthrough();
+        sink_cfgs.push(SinkCfg::Stdout(sink::StdoutConfig::default()));
     }
+    if let Some(kind) = opts.buffer {
+        for c in &mut sink_cfgs {
+            c.buffer_mut().kind = kind;
+        }
+    }
+    let abandon = CancellationToken::new();
+    let mut sink_inputs = Vec::new();
+    let mut sink_tasks = Vec::new();
+    for (i, c) in sink_cfgs.iter().enumerate() {
+        // `loki`, or `loki_2` when a pipeline has several sinks of one kind.
+        let same = sink_cfgs.iter().filter(|o| o.kind() == c.kind()).count();
+        let name = if same > 1 {
+            format!("{}_{}", c.kind(), i)
+        } else {
+            c.kind().to_string()
+        };
+        let (input, task) = sink::start(&name, c, &selfm, abandon.clone(), data_dir.as_deref())
+            .map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
+        tracing::info!(sink = %name, "sink started");
+        sink_inputs.push(input);
+        sink_tasks.push((name, task));
+    }
+    let processor = Processor::new(parser, deriver, selfm.clone()).with_sinks(sink_inputs);
     let processing = processor
         .spawn(rx, fill)
         .context("cannot start the processing thread")?;
@@ -365,6 +460,27 @@ pub async fn run(
         .context("joining the processing thread")?
         .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
     ready.store(false, Ordering::Relaxed);
+    // Sinks deliver what they hold. After a signal they get shutdown_timeout_secs; at stdin's
+    // end (or a oneshot's) they take the time delivery takes.
+    let deadline = {
+        let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
+        let secs = opts.shutdown_timeout_secs;
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            tracing::warn!(
+                secs,
+                "shutdown deadline passed: sinks abandon what they hold"
+            );
+            abandon.cancel();
+        })
+    };
+    for (name, task) in sink_tasks {
+        if task.await.is_err() {
+            first_error.get_or_insert(anyhow::anyhow!("sink {name} panicked"));
+        }
+    }
+    deadline.abort();
     server_stop.cancel();
     if let Some(s) = server {
         s.await.context("server task panicked")??;

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{fingerprint, read_at, CheckpointError, FileKey, Store, FINGERPRINT_BYTES};
-use super::{Ack, FileConfig, Format, LineBatch, LineReader};
+use super::{AckQueue, FileConfig, Format, LineBatch, LineReader};
 use crate::parse::container::ContainerDecoder;
 use crate::telemetry::SelfMetrics;
 
@@ -179,12 +179,13 @@ enum State {
 }
 
 struct Tailed {
+    key: FileKey,
     path: PathBuf,
     source: Arc<str>,
     reader: LineReader<tokio::fs::File>,
     /// A second handle to the same file, for metadata and fingerprints after a rename.
     handle: std::fs::File,
-    acked: Arc<AtomicU64>,
+    acks: Arc<AckQueue>,
     state: State,
     partial_since: Option<Instant>,
     decoder: Option<ContainerDecoder>,
@@ -264,7 +265,7 @@ impl Tail {
                     self.selfm.files_open.dec();
                     let deleted = t.state == State::Gone { deleted: true };
                     let mut handle = t.handle;
-                    record(&mut store, key, &mut handle, &t.path, &t.acked);
+                    record(&mut store, key, &mut handle, &t.path, &t.acks);
                     if deleted {
                         store.forget(key);
                     }
@@ -302,7 +303,7 @@ impl Tail {
 
     fn save(&self, files: &mut HashMap<FileKey, Tailed>, store: &mut Store) {
         for (key, t) in files.iter_mut() {
-            record(store, *key, &mut t.handle, &t.path, &t.acked);
+            record(store, *key, &mut t.handle, &t.path, &t.acks);
         }
         match store.save() {
             Ok(true) => self
@@ -426,11 +427,12 @@ impl Tail {
         Ok((
             key,
             Tailed {
+                key,
                 path: path.to_path_buf(),
                 source,
                 reader,
                 handle,
-                acked: Arc::new(AtomicU64::new(offset)),
+                acks: AckQueue::new(offset),
                 state: State::Live,
                 partial_since: None,
                 decoder,
@@ -478,7 +480,7 @@ impl Tail {
                 t.restart = true;
                 return self.at_eof(t, out, partial_timeout, true).await;
             }
-            if !self.send(t, batch, out).await {
+            if !self.send_at(t, batch, out, Some(before)).await {
                 return Ok(Progress::Stopped);
             }
         }
@@ -508,19 +510,37 @@ impl Tail {
     /// Sends a batch read from `t`, acknowledged at the reader's position unless a container
     /// line is still being joined (then the position is not safe to resume from yet).
     async fn send(&self, t: &mut Tailed, batch: LineBatch, out: &mpsc::Sender<LineBatch>) -> bool {
+        self.send_at(t, batch, out, None).await
+    }
+
+    /// As `send`; `base` is the file offset of the batch's first byte, when known, which gives
+    /// each line an id from its place in the file (stable across restarts, for idempotent
+    /// delivery). Decoded container lines and cut lines have no such place.
+    async fn send_at(
+        &self,
+        t: &mut Tailed,
+        batch: LineBatch,
+        out: &mpsc::Sender<LineBatch>,
+        base: Option<u64>,
+    ) -> bool {
         let mut batch = match &mut t.decoder {
             Some(d) => decoded(d, &t.source, batch),
             None => batch,
         };
+        let cut = batch.lines.iter().any(|l| l.truncated);
+        if let (Some(base), None, false) = (base, &t.decoder, cut) {
+            let mut id = [0u8; 20];
+            id[..8].copy_from_slice(&t.key.dev.to_le_bytes());
+            id[8..16].copy_from_slice(&t.key.ino.to_le_bytes());
+            id[16..].copy_from_slice(&t.head.1.to_le_bytes());
+            batch.origin = Some((xxhash_rust::xxh3::xxh3_64(&id), base));
+        }
         let joining = t
             .decoder
             .as_ref()
             .is_some_and(ContainerDecoder::has_pending);
         if !joining {
-            batch.ack = Some(Ack {
-                position: t.acked.clone(),
-                end: t.reader.position(),
-            });
+            batch.ack = Some(t.acks.ack_for(t.reader.position()));
         }
         out.send(batch).await.is_ok()
     }
@@ -550,7 +570,7 @@ impl Tail {
             let mut file = tokio::fs::File::from_std(t.handle.try_clone()?);
             file.seek(std::io::SeekFrom::Start(0)).await?;
             t.reader = LineReader::following(file, t.source.clone(), self.max_line_bytes, 0);
-            t.acked = Arc::new(AtomicU64::new(0));
+            t.acks = AckQueue::new(0);
             t.partial_since = None;
             t.restart = false;
             t.head = (0, 0);
@@ -572,10 +592,7 @@ impl Tail {
                 if let Some(d) = &mut t.decoder {
                     let mut b = LineBatch::new(t.source.clone());
                     d.flush(&mut b);
-                    b.ack = Some(Ack {
-                        position: t.acked.clone(),
-                        end: t.reader.position(),
-                    });
+                    b.ack = Some(t.acks.ack_for(t.reader.position()));
                     if out.send(b).await.is_err() {
                         return Ok(Progress::Stopped);
                     }
@@ -606,9 +623,9 @@ fn record(
     key: FileKey,
     handle: &mut std::fs::File,
     path: &Path,
-    acked: &AtomicU64,
+    acks: &AckQueue,
 ) {
-    let offset = acked.load(Ordering::Acquire);
+    let offset = acks.position();
     if let Err(e) = store.record(key, path, handle, offset) {
         tracing::warn!(path = %path.display(), error = %e, "cannot fingerprint file for its checkpoint");
     }

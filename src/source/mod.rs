@@ -12,7 +12,9 @@ pub mod file;
 pub mod stdin;
 pub mod tcp;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -221,21 +223,63 @@ pub struct LineBatch {
     pub attrs: Vec<Attrs>,
     /// Set by sources that checkpoint: acknowledged once the batch is processed.
     pub ack: Option<Ack>,
+    /// For raw file batches: (file identity, file offset of `buf[0]`), so each line gets an id
+    /// from its place in the file. `None` where lines have no stable position.
+    pub origin: Option<(u64, u64)>,
 }
 
-/// End-to-end acknowledgement: when a batch has been processed, its source's position moves to
-/// `end`. A file source checkpoints only acknowledged positions, so a line is never recorded as
-/// done before it was processed.
+/// End-to-end acknowledgement of one batch: set once every consumer (the processor, then every
+/// sink) is done with it. See [`AckQueue`].
 #[derive(Debug, Clone)]
 pub struct Ack {
-    pub position: Arc<std::sync::atomic::AtomicU64>,
-    pub end: u64,
+    done: Arc<AtomicBool>,
 }
 
 impl Ack {
     pub fn acknowledge(&self) {
-        self.position
-            .fetch_max(self.end, std::sync::atomic::Ordering::AcqRel);
+        self.done.store(true, Ordering::Release);
+    }
+}
+
+/// The batches of one file in flight, in the order they were sent. The file's checkpoint is the
+/// end of the longest run of acknowledged batches from the front: a batch acknowledged early
+/// (one sink was faster) never lets the checkpoint pass an earlier batch still in flight.
+#[derive(Debug)]
+pub struct AckQueue {
+    /// The position reached, and the batches in flight: (end, done).
+    state: Mutex<(u64, VecDeque<InFlight>)>,
+}
+
+type InFlight = (u64, Arc<AtomicBool>);
+
+impl AckQueue {
+    /// A queue whose position starts at `start` (a resumed checkpoint, or 0).
+    pub fn new(start: u64) -> Arc<AckQueue> {
+        Arc::new(AckQueue {
+            state: Mutex::new((start, VecDeque::new())),
+        })
+    }
+
+    /// Registers a batch ending at `end` and returns its acknowledgement.
+    pub fn ack_for(&self, end: u64) -> Ack {
+        let done = Arc::new(AtomicBool::new(false));
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.1.push_back((end, done.clone()));
+        Ack { done }
+    }
+
+    /// The position up to which everything sent has been acknowledged.
+    pub fn position(&self) -> u64 {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((end, done)) = s.1.front() {
+            if !done.load(Ordering::Acquire) {
+                break;
+            }
+            let end = *end;
+            s.0 = s.0.max(end);
+            s.1.pop_front();
+        }
+        s.0
     }
 }
 
@@ -248,6 +292,7 @@ impl LineBatch {
             bytes_read: 0,
             attrs: Vec::new(),
             ack: None,
+            origin: None,
         }
     }
 
@@ -587,6 +632,21 @@ mod tests {
             got.extend(b.iter().map(|(l, t)| (l.len(), t)));
         }
         assert_eq!(got, vec![(1000, true), (2, false)]);
+    }
+
+    #[test]
+    fn checkpoints_advance_only_over_a_prefix_of_acknowledged_batches() {
+        let q = AckQueue::new(10);
+        let a = q.ack_for(20);
+        let b = q.ack_for(30);
+        let c = q.ack_for(40);
+        assert_eq!(q.position(), 10);
+        b.acknowledge();
+        assert_eq!(q.position(), 10, "b is done but a is not");
+        a.acknowledge();
+        assert_eq!(q.position(), 30);
+        c.acknowledge();
+        assert_eq!(q.position(), 40);
     }
 
     #[test]

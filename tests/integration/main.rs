@@ -3,5 +3,8 @@
 mod container;
 mod core;
 mod file;
+mod loki;
+#[path = "../support/mod.rs"]
+mod support;
 mod tcp;
 mod util;

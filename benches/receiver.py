@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Minimal local receivers for benches/sinks.sh: accept and discard, as fast as Python allows.
+
+  receiver.py loki PORT            answers 204 to POST /loki/api/v1/push
+  receiver.py elasticsearch PORT   answers a _bulk response with one 201 item per action
+  receiver.py down PORT SECONDS    accepts nothing for SECONDS, then behaves like loki
+
+Each prints the number of requests and body bytes received to stderr when stopped."""
+import http.server
+import json
+import socketserver
+import sys
+import time
+
+kind, port = sys.argv[1], int(sys.argv[2])
+stats = {"requests": 0, "bytes": 0}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(n)
+        stats["requests"] += 1
+        stats["bytes"] += n
+        if kind == "elasticsearch":
+            actions = body.count(b"\n") // 2
+            items = [{"create": {"_index": "i", "_id": str(i), "status": 201, "result": "created"}}
+                     for i in range(actions)]
+            out = json.dumps({"took": 1, "errors": False, "items": items}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+        else:
+            out = b""
+            self.send_response(204)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+if kind == "down":
+    time.sleep(float(sys.argv[3]))
+    kind = "loki"
+try:
+    Server(("127.0.0.1", port), Handler).serve_forever()
+except KeyboardInterrupt:
+    pass
+finally:
+    print(json.dumps(stats), file=sys.stderr)

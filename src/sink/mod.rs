@@ -1,0 +1,515 @@
+//! Sinks: where every line goes besides the metrics. Loki, Elasticsearch, stdout, a file.
+//!
+//! # Shape
+//! The processor turns each line into a [`SinkEvent`] (owned) and hands it to every sink's
+//! bounded buffer (fan-out). Each HTTP sink is an [`HttpSink`] (encode a batch; read the
+//! response) driven by [`driver`], which owns what all of them share: batching by size and age,
+//! retries with exponential backoff and jitter (honouring `Retry-After`), dead-lettering of what
+//! can never be delivered, and the `weir_sink_*` metrics.
+//!
+//! # Delivery
+//! An event holds a reference to its batch's [`AckToken`]; the token fires when the last
+//! reference is dropped, i.e. once every sink has delivered or dead-lettered every event of the
+//! batch (or, with a disk buffer, written it to disk). File sources checkpoint only fired
+//! tokens, in order: at-least-once from file to backend.
+
+pub mod disk;
+pub mod driver;
+pub mod loki;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::event::Level;
+
+/// Fires its callback when dropped: the last reference to a batch's token going away means
+/// every sink is done with every event of the batch.
+pub struct AckToken {
+    on_done: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl AckToken {
+    pub fn new(on_done: impl FnOnce() + Send + Sync + 'static) -> Arc<AckToken> {
+        Arc::new(AckToken {
+            on_done: Some(Box::new(on_done)),
+        })
+    }
+}
+
+impl Drop for AckToken {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_done.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for AckToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AckToken")
+    }
+}
+
+/// A line on its way to the sinks: the original line and its normalised fields.
+#[derive(Debug, Clone)]
+pub struct SinkEvent {
+    /// Identity of the line, stable across a resend (and, for files, across a restart): a hex
+    /// digest of source, file fingerprint and offset, or of the line and its arrival sequence.
+    /// Elasticsearch uses it as `_id`, so a resent batch yields conflicts, not duplicates.
+    pub id: String,
+    /// The line as read (invalid UTF-8 replaced, cut at max_line_bytes), without newline.
+    pub line: String,
+    /// Nanoseconds since the epoch.
+    pub timestamp: i64,
+    pub level: Level,
+    pub component: Option<String>,
+    pub message: String,
+    pub trace_id: String,
+    /// Whether `line` is a JSON object.
+    pub is_json: bool,
+    /// Fields the source attached (container `stream`, `pod`, ...).
+    pub attrs: Vec<(String, String)>,
+    /// The source's name (`stdin`, a file pattern, `tcp:ADDR`).
+    pub source: Arc<str>,
+    /// Dropped when this sink is done with the event.
+    pub ack: Option<Arc<AckToken>>,
+}
+
+impl SinkEvent {
+    /// Approximate bytes the event adds to a request (for batch and buffer sizes).
+    pub fn size(&self) -> usize {
+        self.line.len() + self.trace_id.len() + self.id.len() + 64
+    }
+
+    /// The event as one JSON document: the line's own fields (nested objects kept), the
+    /// source's attributes, and the normalised fields under `@timestamp`, `level`, `component`,
+    /// `message`, `trace_id`.
+    pub fn document(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut doc = if self.is_json {
+            match serde_json::from_str::<serde_json::Value>(&self.line) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => serde_json::Map::new(),
+            }
+        } else {
+            serde_json::Map::new()
+        };
+        for (k, v) in &self.attrs {
+            doc.entry(k.clone()).or_insert_with(|| v.clone().into());
+        }
+        doc.insert(
+            "@timestamp".into(),
+            crate::event::format_rfc3339(self.timestamp).into(),
+        );
+        doc.insert("level".into(), self.level.as_str().into());
+        if let Some(c) = &self.component {
+            doc.insert("component".into(), c.clone().into());
+        }
+        doc.insert("message".into(), self.message.clone().into());
+        doc.insert("trace_id".into(), self.trace_id.clone().into());
+        doc
+    }
+}
+
+/// An HTTP request a sink wants sent. Its `Debug` leaves header values out (they hold secrets).
+#[derive(Clone)]
+pub struct Request {
+    pub url: String,
+    pub body: Vec<u8>,
+    /// Extra headers (content type and encoding, auth, tenant).
+    pub headers: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Request")
+            .field("url", &self.url)
+            .field("body_bytes", &self.body.len())
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+/// What a response means for the events of its request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every event is delivered (or was already there, such as Elasticsearch's 409).
+    Delivered,
+    /// Send the whole request again later (429, 5xx); `after` from `Retry-After`.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// It will never succeed (4xx): dead-letter every event with the reason.
+    Reject { reason: String },
+    /// Per item (Elasticsearch bulk): these indices are retried, these dead-lettered; the rest
+    /// are delivered.
+    Partial {
+        retry: Vec<usize>,
+        dead: Vec<(usize, String)>,
+    },
+}
+
+/// An HTTP sink: how to encode a batch and read a response. The driver does the rest.
+pub trait HttpSink: Send + Sync + 'static {
+    /// Short name for metrics and logs (`loki`, `elasticsearch`).
+    fn kind(&self) -> &'static str;
+    /// One request for `events` (non-empty, in arrival order).
+    fn encode(&self, events: &[SinkEvent]) -> Result<Request, String>;
+    /// Reads the response to the request made of `events`.
+    fn outcome(
+        &self,
+        status: u16,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+        events: &[SinkEvent],
+    ) -> Outcome;
+}
+
+/// `[sinks.batch]`: when a batch is sent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Send once a batch holds this many bytes. Default: 1048576 (1 MiB).
+    #[serde(default = "default_batch_max_bytes")]
+    pub max_bytes: usize,
+    /// Send once the oldest event of a batch waited this long. Default: 1000.
+    #[serde(default = "default_batch_max_age_ms")]
+    pub max_age_ms: u64,
+}
+
+const fn default_batch_max_bytes() -> usize {
+    1 << 20
+}
+const fn default_batch_max_age_ms() -> u64 {
+    1000
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_bytes: default_batch_max_bytes(),
+            max_age_ms: default_batch_max_age_ms(),
+        }
+    }
+}
+
+/// Where a sink's waiting events are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferKind {
+    #[default]
+    Memory,
+    /// Appended to files under `data_dir` before they are acknowledged: an outage of the
+    /// backend and a restart of weir during it lose nothing.
+    Disk,
+}
+
+/// What a full buffer does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Wait: backpressure reaches the sources.
+    #[default]
+    Block,
+    /// Drop the new event, counted in `weir_sink_dropped_total`.
+    DropNewest,
+}
+
+/// `[sinks.buffer]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// memory (default) or disk.
+    #[serde(default, rename = "type")]
+    pub kind: BufferKind,
+    /// Most events waiting in memory. Default: 10000.
+    #[serde(default = "default_buffer_max_events")]
+    pub max_events: usize,
+    /// Most bytes a disk buffer holds. Default: 268435456 (256 MiB).
+    #[serde(default = "default_buffer_max_bytes")]
+    pub max_bytes: u64,
+    /// block (default) or drop_newest.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+const fn default_buffer_max_events() -> usize {
+    10_000
+}
+const fn default_buffer_max_bytes() -> u64 {
+    256 << 20
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            kind: BufferKind::Memory,
+            max_events: default_buffer_max_events(),
+            max_bytes: default_buffer_max_bytes(),
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+/// `[sinks.request]`: how requests are sent and retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestConfig {
+    /// A request taking longer is abandoned and retried. Default: 30.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// First retry delay; doubles each attempt, with jitter. Default: 200.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Longest delay between retries (and cap on Retry-After). Default: 30000.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+const fn default_timeout_secs() -> u64 {
+    30
+}
+const fn default_initial_backoff_ms() -> u64 {
+    200
+}
+const fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        RequestConfig {
+            timeout_secs: default_timeout_secs(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+/// Reads a secret from the environment variable named in the config (never from the file, and
+/// never logged). `None` when no variable is named; an error when it is named but unset.
+pub fn secret_from_env(var: Option<&str>) -> Result<Option<String>, String> {
+    match var {
+        None => Ok(None),
+        Some(v) => std::env::var(v)
+            .map(Some)
+            .map_err(|_| format!("environment variable {v} is not set")),
+    }
+}
+
+/// `[[sinks]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(clippy::large_enum_variant)]
+pub enum SinkConfig {
+    /// Grafana Loki's push API.
+    Loki(loki::LokiConfig),
+    /// Every line to standard output, as read (`app | weir run --stdout | tee`).
+    Stdout(StdoutConfig),
+    /// Every line appended to a file, as read.
+    File(FileSinkConfig),
+}
+
+/// `type = "stdout"`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConfig {
+    #[serde(default)]
+    pub buffer: BufferConfig,
+}
+
+/// `type = "file"`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// File the lines are appended to (created if missing).
+    pub path: std::path::PathBuf,
+    #[serde(default)]
+    pub buffer: BufferConfig,
+}
+
+impl SinkConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Loki(_) => "loki",
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::File(_) => "file",
+        }
+    }
+
+    pub fn buffer(&self) -> &BufferConfig {
+        match self {
+            SinkConfig::Loki(c) => &c.buffer,
+            SinkConfig::Stdout(c) => &c.buffer,
+            SinkConfig::File(c) => &c.buffer,
+        }
+    }
+
+    pub fn buffer_mut(&mut self) -> &mut BufferConfig {
+        match self {
+            SinkConfig::Loki(c) => &mut c.buffer,
+            SinkConfig::Stdout(c) => &mut c.buffer,
+            SinkConfig::File(c) => &mut c.buffer,
+        }
+    }
+
+    /// What serde cannot check (endpoints, secrets, templates). Pure but for reading the
+    /// environment variables that hold secrets.
+    pub fn check(&self) -> Result<(), String> {
+        if self.buffer().max_events == 0 {
+            return Err("buffer.max_events must be at least 1".into());
+        }
+        if let SinkConfig::Loki(c) = self {
+            c.build()?;
+        }
+        Ok(())
+    }
+}
+
+/// The processor's end of a sink: where its events go, and what a full buffer does.
+pub struct SinkInput {
+    pub name: String,
+    pub tx: mpsc::Sender<Vec<SinkEvent>>,
+    pub when_full: WhenFull,
+    pub metrics: driver::SinkMetrics,
+    /// With a disk buffer, events are written here instead of sent on `tx`.
+    disk: Option<disk::DiskWriter>,
+    /// Tells the disk pump that no more events will be written once this input is dropped.
+    _writer_gone: Option<tokio_util::sync::DropGuard>,
+}
+
+/// Events per chunk handed to a sink; chunk channels hold `max_events / CHUNK` chunks.
+pub const CHUNK: usize = 512;
+
+impl SinkInput {
+    /// Hands `events` to the sink: waits while its buffer is full (block), or drops and counts
+    /// them (drop_newest). `false` once the sink is gone.
+    pub async fn send(&mut self, events: Vec<SinkEvent>) -> bool {
+        let n = events.len();
+        if let Some(d) = &mut self.disk {
+            while d.is_full() {
+                if self.when_full == WhenFull::DropNewest {
+                    self.metrics.drop_events("buffer_full", n);
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Err(e) = d.append(&events) {
+                // Not on disk: the events stay unacknowledged only if we keep them; we cannot,
+                // so they are counted as dropped and the error is logged loudly.
+                tracing::error!(sink = %self.name, error = %e, "cannot write the disk buffer");
+                self.metrics.drop_events("disk_error", n);
+            }
+            // On disk (fsynced): the events' acknowledgements may fire now.
+            return true;
+        }
+        self.metrics.buffer_events.add(n as i64);
+        let r = match self.when_full {
+            WhenFull::Block => self.tx.send(events).await.map_err(|_| ()),
+            WhenFull::DropNewest => match self.tx.try_send(events) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.buffer_events.sub(n as i64);
+                    self.metrics.drop_events("buffer_full", n);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+            },
+        };
+        if r.is_err() {
+            self.metrics.buffer_events.sub(n as i64);
+        }
+        r.is_ok()
+    }
+}
+
+/// The dead-letter file: as configured, else `<data_dir>/dead-letter/<sink>.ndjson`, else none
+/// (dead-lettered events are then only counted and logged).
+fn dead_letter_path(
+    configured: Option<&std::path::PathBuf>,
+    data_dir: Option<&std::path::Path>,
+    name: &str,
+) -> Option<std::path::PathBuf> {
+    configured
+        .cloned()
+        .or_else(|| data_dir.map(|d| d.join("dead-letter").join(format!("{name}.ndjson"))))
+}
+
+/// Starts a sink: returns the processor's end and the task running it.
+pub fn start(
+    name: &str,
+    cfg: &SinkConfig,
+    selfm: &crate::telemetry::SelfMetrics,
+    abandon: tokio_util::sync::CancellationToken,
+    data_dir: Option<&std::path::Path>,
+) -> Result<(SinkInput, tokio::task::JoinHandle<()>), String> {
+    cfg.check()?;
+    let buffer = cfg.buffer();
+    let metrics = driver::SinkMetrics::new(selfm, name);
+    let (tx, rx) = mpsc::channel((buffer.max_events / CHUNK).max(2));
+    let m = metrics.clone();
+    let (disk, writer_gone) = match buffer.kind {
+        BufferKind::Memory => (None, None),
+        BufferKind::Disk => {
+            let dir = data_dir.ok_or("a disk buffer needs a data_dir (or --data-dir)")?;
+            let (writer, pump) = disk::open(dir, name, buffer.max_bytes)
+                .map_err(|e| format!("cannot open the disk buffer under {}: {e}", dir.display()))?;
+            let gone = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(pump.run(tx.clone(), gone.clone(), abandon.clone()));
+            (Some(writer), Some(gone.drop_guard()))
+        }
+    };
+    let task = match cfg {
+        SinkConfig::Loki(c) => {
+            let sink = c.build()?;
+            tokio::spawn(driver::run_http(
+                Arc::new(sink),
+                rx,
+                c.batch.clone(),
+                c.request.clone(),
+                driver::DeadLetter::new(
+                    dead_letter_path(c.dead_letter_path.as_ref(), data_dir, name),
+                    name,
+                ),
+                m,
+                abandon.clone(),
+            ))
+        }
+        SinkConfig::Stdout(_) => {
+            tokio::spawn(driver::run_writer(Box::new(std::io::stdout()), rx, m, true))
+        }
+        SinkConfig::File(f) => {
+            if let Some(dir) = f.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&f.path)
+                .map_err(|e| format!("cannot open {}: {e}", f.path.display()))?;
+            tokio::spawn(driver::run_writer(
+                Box::new(std::io::BufWriter::with_capacity(256 * 1024, file)),
+                rx,
+                m,
+                true,
+            ))
+        }
+    };
+    let _ = abandon;
+    Ok((
+        SinkInput {
+            name: name.to_string(),
+            tx,
+            when_full: buffer.when_full,
+            metrics,
+            disk,
+            _writer_gone: writer_gone,
+        },
+        task,
+    ))
+}

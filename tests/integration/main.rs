@@ -2,6 +2,7 @@
 
 mod container;
 mod core;
+mod delivery;
 mod file;
 mod loki;
 #[path = "../support/mod.rs"]

@@ -15,6 +15,7 @@
 
 pub mod disk;
 pub mod driver;
+pub mod elasticsearch;
 pub mod loki;
 
 use std::sync::Arc;
@@ -290,6 +291,28 @@ impl Default for RequestConfig {
     }
 }
 
+/// The delay a `Retry-After` header asks for: delay-seconds or an HTTP date (IMF-fixdate,
+/// `Wed, 21 Oct 2015 07:28:00 GMT`); a date in the past is zero. `None` when absent or neither.
+pub fn retry_after(headers: &reqwest::header::HeaderMap, now: jiff::Timestamp) -> Option<Duration> {
+    parse_retry_after(
+        headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?,
+        now,
+    )
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP date; see [`retry_after`].
+pub fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let wait = at.as_nanosecond() - now.as_nanosecond();
+    Some(Duration::from_nanos(
+        u64::try_from(wait.max(0)).unwrap_or(u64::MAX),
+    ))
+}
+
 /// Reads a secret from the environment variable named in the config (never from the file, and
 /// never logged). `None` when no variable is named; an error when it is named but unset.
 pub fn secret_from_env(var: Option<&str>) -> Result<Option<String>, String> {
@@ -308,6 +331,8 @@ pub fn secret_from_env(var: Option<&str>) -> Result<Option<String>, String> {
 pub enum SinkConfig {
     /// Grafana Loki's push API.
     Loki(loki::LokiConfig),
+    /// Elasticsearch's `_bulk` API.
+    Elasticsearch(elasticsearch::ElasticsearchConfig),
     /// Every line to standard output, as read (`app | weir run --stdout | tee`).
     Stdout(StdoutConfig),
     /// Every line appended to a file, as read.
@@ -336,6 +361,7 @@ impl SinkConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SinkConfig::Loki(_) => "loki",
+            SinkConfig::Elasticsearch(_) => "elasticsearch",
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
         }
@@ -344,6 +370,7 @@ impl SinkConfig {
     pub fn buffer(&self) -> &BufferConfig {
         match self {
             SinkConfig::Loki(c) => &c.buffer,
+            SinkConfig::Elasticsearch(c) => &c.buffer,
             SinkConfig::Stdout(c) => &c.buffer,
             SinkConfig::File(c) => &c.buffer,
         }
@@ -352,6 +379,7 @@ impl SinkConfig {
     pub fn buffer_mut(&mut self) -> &mut BufferConfig {
         match self {
             SinkConfig::Loki(c) => &mut c.buffer,
+            SinkConfig::Elasticsearch(c) => &mut c.buffer,
             SinkConfig::Stdout(c) => &mut c.buffer,
             SinkConfig::File(c) => &mut c.buffer,
         }
@@ -363,8 +391,10 @@ impl SinkConfig {
         if self.buffer().max_events == 0 {
             return Err("buffer.max_events must be at least 1".into());
         }
-        if let SinkConfig::Loki(c) = self {
-            c.build()?;
+        match self {
+            SinkConfig::Loki(c) => drop(c.build()?),
+            SinkConfig::Elasticsearch(c) => drop(c.build()?),
+            SinkConfig::Stdout(_) | SinkConfig::File(_) => {}
         }
         Ok(())
     }
@@ -465,6 +495,21 @@ pub fn start(
     };
     let task = match cfg {
         SinkConfig::Loki(c) => {
+            let sink = c.build()?;
+            tokio::spawn(driver::run_http(
+                Arc::new(sink),
+                rx,
+                c.batch.clone(),
+                c.request.clone(),
+                driver::DeadLetter::new(
+                    dead_letter_path(c.dead_letter_path.as_ref(), data_dir, name),
+                    name,
+                ),
+                m,
+                abandon.clone(),
+            ))
+        }
+        SinkConfig::Elasticsearch(c) => {
             let sink = c.build()?;
             tokio::spawn(driver::run_http(
                 Arc::new(sink),

@@ -3,6 +3,7 @@
 mod container;
 mod core;
 mod delivery;
+mod elasticsearch;
 mod file;
 mod loki;
 #[path = "../support/mod.rs"]

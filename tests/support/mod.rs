@@ -4,4 +4,5 @@
 // A shared test API: not every test binary or module uses every method.
 #![allow(dead_code)]
 
+pub mod elasticsearch;
 pub mod loki;

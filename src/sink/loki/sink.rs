@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use prost::Message as _;
 
@@ -207,7 +206,7 @@ pub(super) fn classify(
             after: headers
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| parse_retry_after(v, now)),
+                .and_then(|v| crate::sink::parse_retry_after(v, now)),
         },
         _ => Outcome::Reject {
             reason: reject_reason(status, body),
@@ -226,20 +225,6 @@ fn reject_reason(status: u16, body: &[u8]) -> String {
             format!("http_{status}: {}", cut.trim_end())
         }
     }
-}
-
-/// `Retry-After` as delay-seconds or an HTTP date (IMF-fixdate, `Wed, 21 Oct 2015 07:28:00
-/// GMT`); a date in the past is zero. `None` when it is neither.
-fn parse_retry_after(value: &str, now: jiff::Timestamp) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let wait = at.as_nanosecond() - now.as_nanosecond();
-    Some(Duration::from_nanos(
-        u64::try_from(wait.max(0)).unwrap_or(u64::MAX),
-    ))
 }
 
 /// The value of a source attribute of an event.

@@ -7,10 +7,13 @@
 //! - [`parse`]: line to [`event::Event`]: selective JSON capture, timestamps, levels, trace ids.
 //! - [`derive`]: `[[metrics]]` of a pipeline: conditions, labels, series limits and expiry.
 //! - [`topology`]: connects sources to the processing thread; [`shutdown`]: signals and drain.
+//! - [`sink`]: Loki, Elasticsearch, stdout, file: batching, retries, dead letters, disk buffer.
+//! - [`alert`]: notifiers (Slack, webhook, PagerDuty, Alertmanager, email); rules to come.
 //! - [`server`]: `/metrics`, `/health`, `/ready`. [`telemetry`]: weir's own logs and metrics.
 //! - [`config`]: pipeline files, loaded and compiled; [`cli`]: the command line.
 //! - [`generate`]: deterministic demo logs of the agent system.
 
+pub mod alert;
 pub mod cli;
 pub mod config;
 pub mod derive;

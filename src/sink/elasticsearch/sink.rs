@@ -77,7 +77,7 @@ impl ElasticsearchSink {
             serde_json::to_writer(&mut body, &ev.id).map_err(|e| e.to_string())?;
             body.extend_from_slice(b"}}\n");
             // serde_json escapes newlines inside strings: one document, one line.
-            serde_json::to_writer(&mut body, &ev.document())
+            ev.write_document(&mut body)
                 .map_err(|e| format!("JSON encoding failed: {e}"))?;
             body.push(b'\n');
         }

@@ -367,8 +367,8 @@ fn bulk_body_names_the_index_of_each_event_and_data_streams_verbatim() {
 }
 
 /// The exact bulk body for a fixed event: an action line, the document with the line's own
-/// fields (nested objects, arrays, escapes kept; `level` normalised in place), the source's
-/// attributes, then the normalised fields; a trailing newline.
+/// normalised fields first, then the line's other fields (nested objects, arrays, escapes kept as
+/// written), then the source's attributes; a trailing newline.
 #[test]
 fn bulk_body_has_the_exact_ndjson_shape() {
     let s = sink("endpoint = \"http://es:9200\"");
@@ -394,7 +394,7 @@ fn bulk_body_has_the_exact_ndjson_shape() {
     let expected = concat!(
         r#"{"create":{"_index":"logs-weir-2024.03.09","_id":"0123456789abcdef0123456789abcdef"}}"#,
         "\n",
-        r#"{"timestamp":"2024-03-09T23:59:59.5Z","level":"WARNING","msg":"disk \"full\"\nretry","metadata":{"agent":{"id":"a-1"},"n":3},"tags":["x","y"],"pod":"web-1","@timestamp":"2024-03-09T23:59:59.5Z","component":"disk","message":"disk full","trace_id":"t-1"}"#,
+        r#"{"@timestamp":"2024-03-09T23:59:59.5Z","level":"WARNING","component":"disk","message":"disk full","trace_id":"t-1","timestamp":"2024-03-09T23:59:59.5Z","msg":"disk \"full\"\nretry","metadata":{"agent":{"id":"a-1"},"n":3},"tags":["x","y"],"pod":"web-1"}"#,
         "\n",
         r#"{"create":{"_index":"logs-weir-2024.03.09","_id":"fedcba9876543210fedcba9876543210"}}"#,
         "\n",

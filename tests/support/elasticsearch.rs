@@ -30,42 +30,36 @@
 //!   `status` and `error{type,reason,...}`), whether or not items failed.
 //!
 //! # Fault injection, programmable while it runs
-//! Whole requests: [`ElasticsearchReceiver::fail_next`] (500, or any status),
-//! [`ElasticsearchReceiver::throttle_next`] (429 `es_rejected_execution_exception` with
-//! `Retry-After`, as a proxy in front of Elasticsearch sends it). Items:
+//! The receiver is a [`FaultyServer`]. Whole requests:
+//! [`FaultyServer::fail_next`] (500 `status_exception`, or any status),
+//! [`FaultyServer::throttle_next`] (429 `es_rejected_execution_exception` with `Retry-After`,
+//! as a proxy in front of Elasticsearch sends it). Items:
 //! [`ElasticsearchReceiver::fail_every_kth_item`] (429 `es_rejected_execution_exception`, each
 //! id at most once so a resend succeeds), [`ElasticsearchReceiver::reject_messages_containing`]
-//! (400 `mapper_parsing_exception`). Timing: [`ElasticsearchReceiver::delay_next`] and
-//! [`ElasticsearchReceiver::set_delay`] answer late *after* indexing (a client timing out
-//! resends documents that are already there), and
-//! [`ElasticsearchReceiver::refuse_connections_for`] closes the port and every open
-//! connection, and listens on the same port again later.
+//! (400 `mapper_parsing_exception`). Timing: [`FaultyServer::delay_next`] and
+//! [`FaultyServer::set_delay`] answer late *after* indexing (a client timing out resends
+//! documents that are already there), and [`FaultyServer::refuse_connections_for`] closes the
+//! port and every open connection, and listens on the same port again later.
+//! [`FaultyServer::clear_faults`] forgets all of them.
 //!
 //! # Use
 //! [`ElasticsearchReceiver::start`] binds `127.0.0.1:0` and returns at once; the server runs on
 //! its own thread with its own tokio runtime, so plain `#[test]` functions can use it.
 //! Dropping the receiver stops it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::future::{Future as _, IntoFuture};
-use std::io::{self, Read};
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::server::{self, Answer, Fault, FaultyServer};
 
 /// How the receiver is set up, as an Elasticsearch cluster would be.
 #[derive(Debug, Clone)]
@@ -141,13 +135,6 @@ pub struct BulkRecord {
     pub items: Vec<ItemRecord>,
 }
 
-/// An injected answer to a whole request.
-#[derive(Debug, Clone)]
-enum Fault {
-    Status(u16),
-    Throttle { retry_after: String },
-}
-
 /// Every `k`th item (counted over items whose id never failed) answers 429.
 #[derive(Debug)]
 struct EveryKth {
@@ -189,7 +176,9 @@ struct IndexState {
     backing: Option<String>,
 }
 
-struct Inner {
+/// What the receiver stored and recorded (its fields are private to this module).
+#[derive(Default)]
+pub struct Inner {
     docs: Vec<StoredDoc>,
     /// (index, id) → position in `docs`.
     by_key: HashMap<(String, String), usize>,
@@ -199,44 +188,23 @@ struct Inner {
     attempts: HashMap<String, usize>,
     conflicts: usize,
     next_auto_id: u64,
-    faults: VecDeque<Fault>,
     every_kth: Option<EveryKth>,
     reject_marker: Option<String>,
-    delays: VecDeque<Duration>,
-    delay: Duration,
-    refuse_until: Option<Instant>,
-    /// Whether the listening socket is open.
-    listening: bool,
-    /// Cancelled to close every open connection.
-    kill: CancellationToken,
 }
 
-struct Shared {
-    options: ElasticsearchOptions,
-    inner: Mutex<Inner>,
-    /// Wakes the accept loop when a refusal starts.
-    refuse: Notify,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panicking test thread may poison the lock; the data is still fine to read.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The end of the current refusal, if one is running.
-    fn refusing_until(&self) -> Option<Instant> {
-        self.lock().refuse_until.filter(|u| *u > Instant::now())
+impl server::Store for Inner {
+    /// [`FaultyServer::clear_faults`] forgets the item faults too.
+    fn clear_faults(&mut self) {
+        self.every_kth = None;
+        self.reject_marker = None;
     }
 }
 
-/// A running receiver; dropping it stops the server.
-pub struct ElasticsearchReceiver {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+type Shared = server::Shared<ElasticsearchOptions, Inner>;
+
+/// A running receiver; dropping it stops the server. `addr`, `url` and the fault controls are
+/// [`FaultyServer`]'s.
+pub type ElasticsearchReceiver = FaultyServer<ElasticsearchOptions, Inner>;
 
 impl ElasticsearchReceiver {
     /// Starts a receiver with the default options on `127.0.0.1:0`.
@@ -247,84 +215,16 @@ impl ElasticsearchReceiver {
     /// Starts a receiver with these options on `127.0.0.1:0`; returns at once (the port is
     /// bound, so connections wait in the backlog until the server thread accepts them).
     pub fn start_with(options: ElasticsearchOptions) -> ElasticsearchReceiver {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        std_listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let addr = std_listener.local_addr().expect("local addr");
-        let shared = Arc::new(Shared {
-            options,
-            inner: Mutex::new(Inner {
-                docs: Vec::new(),
-                by_key: HashMap::new(),
-                indices: HashMap::new(),
-                requests: Vec::new(),
-                attempts: HashMap::new(),
-                conflicts: 0,
-                next_auto_id: 0,
-                faults: VecDeque::new(),
-                every_kth: None,
-                reject_marker: None,
-                delays: VecDeque::new(),
-                delay: Duration::ZERO,
-                refuse_until: None,
-                listening: true,
-                kill: CancellationToken::new(),
-            }),
-            refuse: Notify::new(),
-        });
-        let stop = CancellationToken::new();
-        let thread = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("elasticsearch-receiver".into())
-                .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("receiver runtime");
-                    rt.block_on(async move {
-                        let listener = TcpListener::from_std(std_listener).expect("tokio listener");
-                        let app = Router::new()
-                            .route("/", get(banner))
-                            .route("/_bulk", post(bulk).put(bulk))
-                            .route("/{index}/_bulk", post(bulk_in).put(bulk_in))
-                            .layer(DefaultBodyLimit::disable())
-                            .with_state(shared.clone());
-                        let listener = RefusingListener {
-                            listener: Some(listener),
-                            addr,
-                            shared,
-                        };
-                        // Dropping the runtime on stop ends every connection task.
-                        tokio::select! {
-                            _ = axum::serve(listener, app).into_future() => {}
-                            _ = stop.cancelled() => {}
-                        }
-                    });
-                })
-                .expect("spawn receiver thread")
-        };
-        ElasticsearchReceiver {
-            addr,
-            shared,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:PORT`, the value for weir's Elasticsearch `endpoint`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let routes = Router::new()
+            .route("/", get(banner))
+            .route("/_bulk", post(bulk).put(bulk))
+            .route("/{index}/_bulk", post(bulk_in).put(bulk_in));
+        FaultyServer::serve("elasticsearch-receiver", options, routes)
     }
 
     /// Every stored document (latest version), in the order first stored.
     pub fn documents(&self) -> Vec<StoredDoc> {
-        self.shared.lock().docs.clone()
+        self.lock().docs.clone()
     }
 
     /// The documents of one index or data stream.
@@ -337,7 +237,7 @@ impl ElasticsearchReceiver {
 
     /// The names of the indices and data streams holding documents, sorted.
     pub fn indices(&self) -> Vec<String> {
-        let inner = self.shared.lock();
+        let inner = self.lock();
         let mut names: Vec<String> = inner
             .docs
             .iter()
@@ -351,39 +251,19 @@ impl ElasticsearchReceiver {
 
     /// Every bulk request received, in arrival order, with its answer.
     pub fn requests(&self) -> Vec<BulkRecord> {
-        self.shared.lock().requests.clone()
+        self.lock().requests.clone()
     }
 
     /// How many items named each `_id`, across every request that parsed (whatever its
     /// answer, injected 500s and 429s included).
     pub fn id_attempts(&self) -> HashMap<String, usize> {
-        self.shared.lock().attempts.clone()
+        self.lock().attempts.clone()
     }
 
     /// Items answered `409 version_conflict_engine_exception` (a `create` of an id already
     /// there).
     pub fn conflicts(&self) -> usize {
-        self.shared.lock().conflicts
-    }
-
-    /// The next `n` requests are answered 500 without indexing anything.
-    pub fn fail_next(&self, n: usize) {
-        self.fail_next_with(n, 500);
-    }
-
-    /// The next `n` requests are answered `status` without indexing anything.
-    pub fn fail_next_with(&self, n: usize, status: u16) {
-        let mut inner = self.shared.lock();
-        inner.faults.extend((0..n).map(|_| Fault::Status(status)));
-    }
-
-    /// The next `n` requests are answered 429 `es_rejected_execution_exception` with this
-    /// `Retry-After` (Elasticsearch itself sends none; proxies and hosted services do).
-    pub fn throttle_next(&self, n: usize, retry_after: &str) {
-        let mut inner = self.shared.lock();
-        inner.faults.extend((0..n).map(|_| Fault::Throttle {
-            retry_after: retry_after.to_string(),
-        }));
+        self.lock().conflicts
     }
 
     /// From now on, every `k`th item (counted over items whose id has never failed) answers
@@ -391,7 +271,7 @@ impl ElasticsearchReceiver {
     /// its resend is indexed. [`ElasticsearchReceiver::failed_item_ids`] lists the ids failed.
     pub fn fail_every_kth_item(&self, k: usize) {
         assert!(k > 0, "k must be at least 1");
-        self.shared.lock().every_kth = Some(EveryKth {
+        self.lock().every_kth = Some(EveryKth {
             k,
             seen: 0,
             failed: HashSet::new(),
@@ -400,8 +280,7 @@ impl ElasticsearchReceiver {
 
     /// The ids [`ElasticsearchReceiver::fail_every_kth_item`] failed.
     pub fn failed_item_ids(&self) -> HashSet<String> {
-        self.shared
-            .lock()
+        self.lock()
             .every_kth
             .as_ref()
             .map(|f| f.failed.clone())
@@ -411,71 +290,23 @@ impl ElasticsearchReceiver {
     /// From now on, documents whose `message` contains `marker` answer 400
     /// `mapper_parsing_exception` (as if `message` were mapped `long`) and are not indexed.
     pub fn reject_messages_containing(&self, marker: &str) {
-        self.shared.lock().reject_marker = Some(marker.to_string());
-    }
-
-    /// The next `n` requests are answered `delay` after their documents were indexed.
-    pub fn delay_next(&self, n: usize, delay: Duration) {
-        self.shared.lock().delays.extend((0..n).map(|_| delay));
-    }
-
-    /// Every answer from now on comes `delay` after the documents were indexed.
-    pub fn set_delay(&self, delay: Duration) {
-        self.shared.lock().delay = delay;
-    }
-
-    /// Forgets pending injected answers, item faults and delays.
-    pub fn clear_faults(&self) {
-        let mut inner = self.shared.lock();
-        inner.faults.clear();
-        inner.every_kth = None;
-        inner.reject_marker = None;
-        inner.delays.clear();
-        inner.delay = Duration::ZERO;
-    }
-
-    /// Closes the listening socket and every open connection now, so connections are refused,
-    /// and listens on the same port again after `d`. Returns once the port is closed.
-    pub fn refuse_connections_for(&self, d: Duration) {
-        {
-            let mut inner = self.shared.lock();
-            inner.refuse_until = Some(Instant::now() + d);
-            let old = std::mem::replace(&mut inner.kill, CancellationToken::new());
-            old.cancel();
-        }
-        self.shared.refuse.notify_one();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.is_listening() {
-            assert!(
-                Instant::now() < deadline,
-                "the receiver did not close its port"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Whether the listening socket is open (false during a refusal).
-    pub fn is_listening(&self) -> bool {
-        self.shared.lock().listening
+        self.lock().reject_marker = Some(marker.to_string());
     }
 
     /// Waits until at least `n` documents are stored (panics after `timeout`) and returns
     /// them.
     pub fn wait_for_docs(&self, n: usize, timeout: Duration) -> Vec<StoredDoc> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let docs = self.documents();
-            if docs.len() >= n {
-                return docs;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Elasticsearch receiver stored {} of {n} documents within {timeout:?}; requests: {:?}",
-                docs.len(),
-                self.summary()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        server::wait_for(
+            timeout,
+            || Some(self.documents()).filter(|d| d.len() >= n),
+            || {
+                format!(
+                    "the Elasticsearch receiver stored {} of {n} documents within {timeout:?}; requests: {:?}",
+                    self.documents().len(),
+                    self.summary()
+                )
+            },
+        )
     }
 
     /// Waits for a request matching `pred` (panics after `timeout`) and returns it.
@@ -484,18 +315,16 @@ impl ElasticsearchReceiver {
         pred: impl Fn(&BulkRecord) -> bool,
         timeout: Duration,
     ) -> BulkRecord {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(r) = self.requests().into_iter().find(|r| pred(r)) {
-                return r;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no matching request within {timeout:?}; requests: {:?}",
-                self.summary()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        server::wait_for(
+            timeout,
+            || self.requests().into_iter().find(|r| pred(r)),
+            || {
+                format!(
+                    "no matching request within {timeout:?}; requests: {:?}",
+                    self.summary()
+                )
+            },
+        )
     }
 
     /// (status, items, items stored) per request, for failure messages.
@@ -507,130 +336,6 @@ impl ElasticsearchReceiver {
                 (r.status, r.items.len(), ok)
             })
             .collect()
-    }
-}
-
-impl Drop for ElasticsearchReceiver {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The listening side: closes its socket during a refusal and rebinds the same port after.
-struct RefusingListener {
-    listener: Option<TcpListener>,
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-}
-
-impl axum::serve::Listener for RefusingListener {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
-        loop {
-            if let Some(until) = self.shared.refusing_until() {
-                if self.listener.take().is_some() {
-                    self.shared.lock().listening = false;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until.into()) => {}
-                    _ = self.shared.refuse.notified() => {}
-                }
-                continue;
-            }
-            let listener = match &mut self.listener {
-                Some(l) => l,
-                empty @ None => match TcpListener::bind(self.addr).await {
-                    Ok(l) => {
-                        self.shared.lock().listening = true;
-                        empty.insert(l)
-                    }
-                    Err(_) => {
-                        // The old socket may linger a moment; the port is ours to take back.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
-            tokio::select! {
-                r = TcpListener::accept(listener) => match r {
-                    Ok((stream, peer)) => {
-                        if self.shared.refusing_until().is_some() {
-                            continue;
-                        }
-                        let kill = self.shared.lock().kill.clone();
-                        return (Conn { inner: stream, kill: Box::pin(kill.cancelled_owned()) }, peer);
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                },
-                _ = self.shared.refuse.notified() => {}
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.addr)
-    }
-}
-
-/// A connection that fails every read and write once its kill token is cancelled, so a
-/// refusal also ends keep-alive connections (hyper then closes the socket).
-struct Conn {
-    inner: TcpStream,
-    kill: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl Conn {
-    fn killed(&mut self, cx: &mut Context<'_>) -> bool {
-        self.kill.as_mut().poll(cx).is_ready()
-    }
-}
-
-fn reset() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionReset,
-        "receiver refusing connections",
-    )
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.killed(cx) {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.killed(cx) {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.killed(cx) {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -666,13 +371,6 @@ async fn bulk_in(
     answer(shared, Some(index), uri, headers, body).await
 }
 
-/// An answer: status, extra headers, JSON body.
-type Answer = (
-    StatusCode,
-    Vec<(header::HeaderName, header::HeaderValue)>,
-    String,
-);
-
 async fn answer(
     shared: Arc<Shared>,
     path_index: Option<String>,
@@ -681,12 +379,7 @@ async fn answer(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let text = |name: header::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let text = |name| server::header_text(&headers, name);
     let path = uri
         .path_and_query()
         .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string());
@@ -700,35 +393,13 @@ async fn answer(
         authorization: text(header::AUTHORIZATION),
         items: Vec::new(),
     };
-    let (status, extra, response) =
-        handle(&shared, path_index.as_deref(), &mut record, &body, started);
-    record.status = status.as_u16();
-    record.response = response.clone();
+    let answer = handle(&shared, path_index.as_deref(), &mut record, &body, started);
+    record.status = answer.0.as_u16();
+    record.response = answer.2.clone();
     // Indexed (and recorded) before any delay: a client that gives up meanwhile finds its
     // documents there when it resends.
-    let delay = {
-        let mut inner = shared.lock();
-        inner.requests.push(record);
-        let once = inner.delays.pop_front();
-        once.unwrap_or(inner.delay)
-    };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let mut res = if response.is_empty() {
-        status.into_response()
-    } else {
-        (
-            status,
-            [(header::CONTENT_TYPE, "application/json")],
-            response,
-        )
-            .into_response()
-    };
-    for (k, v) in extra {
-        res.headers_mut().append(k, v);
-    }
-    res
+    shared.lock().requests.push(record);
+    server::respond(answer, "application/json", shared.next_delay()).await
 }
 
 /// Elasticsearch's error response: `{"error":{"root_cause":[..],"type":..,"reason":..},"status":N}`.
@@ -801,11 +472,7 @@ fn handle(
         }
     }
 
-    let media = record
-        .content_type
-        .as_deref()
-        .and_then(|c| c.split(';').next())
-        .map(|c| c.trim().to_ascii_lowercase());
+    let media = server::media_type(record.content_type.as_deref());
     let supported = matches!(
         media.as_deref(),
         Some(
@@ -832,19 +499,15 @@ fn handle(
         .as_deref()
     {
         None | Some("") | Some("identity") => body.to_vec(),
-        Some("gzip") => {
-            let mut out = Vec::new();
-            if let Err(e) = flate2::read::GzDecoder::new(body)
-                .take(max as u64 + 1)
-                .read_to_end(&mut out)
-            {
+        Some("gzip") => match server::gunzip(body, max) {
+            Ok(out) => out,
+            Err(e) => {
                 return bad_request(
                     "parse_exception",
                     &format!("failed to decompress the request body: {e}"),
-                );
+                )
             }
-            out
-        }
+        },
         Some(other) => {
             return bad_request(
                 "illegal_argument_exception",
@@ -868,7 +531,7 @@ fn handle(
             *inner.attempts.entry(id.clone()).or_default() += 1;
         }
     }
-    match inner.faults.pop_front() {
+    match shared.next_fault() {
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).expect("a valid injected status");
             return es_error(
@@ -879,7 +542,7 @@ fn handle(
         }
         Some(Fault::Throttle { retry_after }) => {
             let bytes = body.len();
-            let (status, mut headers, body) = es_error(
+            let answer = es_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "es_rejected_execution_exception",
                 &format!(
@@ -888,11 +551,7 @@ fn handle(
                      max_coordinating_and_primary_bytes=0]"
                 ),
             );
-            headers.push((
-                header::RETRY_AFTER,
-                header::HeaderValue::from_str(&retry_after).expect("a valid Retry-After"),
-            ));
-            return (status, headers, body);
+            return server::with_retry_after(answer, &retry_after);
         }
         None => {}
     }

@@ -21,36 +21,31 @@
 //! - Success is `204 No Content`.
 //!
 //! # Fault injection, programmable while it runs
-//! [`LokiReceiver::fail_next`] (next N pushes answer a status, 500 by default),
-//! [`LokiReceiver::throttle_next`] (429 with `Retry-After`), [`LokiReceiver::set_delay`]
-//! (answers late, after storing), [`LokiReceiver::refuse_connections_for`] (closes the listening
-//! socket and every open connection, rebinds the same port later).
+//! The receiver is a [`FaultyServer`]: [`FaultyServer::fail_next`] (next N
+//! pushes answer a status, 500 by default, as `rpc error: code = Unavailable`),
+//! [`FaultyServer::throttle_next`] (429 `Ingestion rate limit exceeded` with `Retry-After`),
+//! [`FaultyServer::set_delay`] and [`FaultyServer::delay_next`] (answer late, after storing),
+//! [`FaultyServer::refuse_connections_for`] (closes the listening socket and every open
+//! connection, rebinds the same port later).
 //!
 //! # Use
 //! [`LokiReceiver::start`] binds `127.0.0.1:0` and returns at once; the server runs on its own
 //! thread with its own tokio runtime, so plain `#[test]` functions can use it. Dropping the
 //! receiver stops it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::future::{Future as _, IntoFuture};
-use std::io::{self, Read};
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use prost::Message as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use super::server::{self, Answer, Fault, FaultyServer};
 
 /// Loki's `push.proto` (package `logproto`), written from the published file.
 pub mod proto {
@@ -179,13 +174,6 @@ pub struct PushRecord {
     pub accepted: usize,
 }
 
-/// An injected answer.
-#[derive(Debug, Clone)]
-enum Fault {
-    Status(u16),
-    RateLimited { retry_after: String },
-}
-
 #[derive(Default)]
 struct StreamState {
     /// Newest stored entry: timestamp and line.
@@ -194,46 +182,22 @@ struct StreamState {
     seen: HashSet<(i64, String)>,
 }
 
-struct Inner {
+/// What the receiver stored and recorded (its fields are private to this module).
+#[derive(Default)]
+pub struct Inner {
     entries: Vec<ReceivedEntry>,
     pushes: Vec<PushRecord>,
     streams: HashMap<(String, BTreeMap<String, String>), StreamState>,
     duplicates: usize,
-    faults: VecDeque<Fault>,
-    delay: Duration,
-    refuse_until: Option<Instant>,
-    /// Whether the listening socket is open.
-    listening: bool,
-    /// Cancelled to close every open connection.
-    kill: CancellationToken,
 }
 
-struct Shared {
-    limits: LokiLimits,
-    inner: Mutex<Inner>,
-    /// Wakes the accept loop when a refusal starts.
-    refuse: Notify,
-}
+impl server::Store for Inner {}
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panicking test thread may poison the lock; the data is still fine to read.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
+type Shared = server::Shared<LokiLimits, Inner>;
 
-    /// The end of the current refusal, if one is running.
-    fn refusing_until(&self) -> Option<Instant> {
-        self.lock().refuse_until.filter(|u| *u > Instant::now())
-    }
-}
-
-/// A running receiver; dropping it stops the server.
-pub struct LokiReceiver {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+/// A running receiver; dropping it stops the server. `addr`, `url` and the fault controls are
+/// [`FaultyServer`]'s.
+pub type LokiReceiver = FaultyServer<LokiLimits, Inner>;
 
 impl LokiReceiver {
     /// Starts a receiver with Loki's default limits on `127.0.0.1:0`.
@@ -241,168 +205,43 @@ impl LokiReceiver {
         LokiReceiver::start_with(LokiLimits::default())
     }
 
-    /// Starts a receiver with these limits on `127.0.0.1:0`; returns once it accepts
-    /// connections.
+    /// Starts a receiver with these limits on `127.0.0.1:0`; returns at once (the port is
+    /// bound, so connections wait in the backlog until the server thread accepts them).
     pub fn start_with(limits: LokiLimits) -> LokiReceiver {
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        std_listener
-            .set_nonblocking(true)
-            .expect("non-blocking listener");
-        let addr = std_listener.local_addr().expect("local addr");
-        let shared = Arc::new(Shared {
-            limits,
-            inner: Mutex::new(Inner {
-                entries: Vec::new(),
-                pushes: Vec::new(),
-                streams: HashMap::new(),
-                duplicates: 0,
-                faults: VecDeque::new(),
-                delay: Duration::ZERO,
-                refuse_until: None,
-                listening: true,
-                kill: CancellationToken::new(),
-            }),
-            refuse: Notify::new(),
-        });
-        let stop = CancellationToken::new();
-        let thread = {
-            let (shared, stop) = (shared.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("loki-receiver".into())
-                .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("receiver runtime");
-                    rt.block_on(async move {
-                        let listener = TcpListener::from_std(std_listener).expect("tokio listener");
-                        let app = Router::new()
-                            .route("/loki/api/v1/push", post(push))
-                            .route("/ready", get(|| async { "ready" }))
-                            .layer(DefaultBodyLimit::disable())
-                            .with_state(shared.clone());
-                        let listener = RefusingListener {
-                            listener: Some(listener),
-                            addr,
-                            shared,
-                        };
-                        // Dropping the runtime on stop ends every connection task.
-                        tokio::select! {
-                            _ = axum::serve(listener, app).into_future() => {}
-                            _ = stop.cancelled() => {}
-                        }
-                    });
-                })
-                .expect("spawn receiver thread")
-        };
-        LokiReceiver {
-            addr,
-            shared,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:PORT`, the value for weir's Loki `endpoint`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let routes = Router::new()
+            .route("/loki/api/v1/push", post(push))
+            .route("/ready", get(|| async { "ready" }));
+        FaultyServer::serve("loki-receiver", limits, routes)
     }
 
     /// Every stored entry, in the order stored.
     pub fn entries(&self) -> Vec<ReceivedEntry> {
-        self.shared.lock().entries.clone()
+        self.lock().entries.clone()
     }
 
     /// Every push received, in arrival order, with its answer.
     pub fn pushes(&self) -> Vec<PushRecord> {
-        self.shared.lock().pushes.clone()
+        self.lock().pushes.clone()
     }
 
     /// Entries dropped as duplicates of stored ones (same stream, timestamp and line).
     pub fn duplicates(&self) -> usize {
-        self.shared.lock().duplicates
-    }
-
-    /// The next `n` pushes are answered 500 without storing anything.
-    pub fn fail_next(&self, n: usize) {
-        self.fail_next_with(n, 500);
-    }
-
-    /// The next `n` pushes are answered `status` without storing anything.
-    pub fn fail_next_with(&self, n: usize, status: u16) {
-        let mut inner = self.shared.lock();
-        inner.faults.extend((0..n).map(|_| Fault::Status(status)));
-    }
-
-    /// The next `n` pushes are answered 429 with this `Retry-After` value, as Loki's rate
-    /// limiter does (Loki itself sends no `Retry-After`; proxies in front of it do).
-    pub fn throttle_next(&self, n: usize, retry_after: &str) {
-        let mut inner = self.shared.lock();
-        inner.faults.extend((0..n).map(|_| Fault::RateLimited {
-            retry_after: retry_after.to_string(),
-        }));
-    }
-
-    /// Forgets pending injected answers and the delay.
-    pub fn clear_faults(&self) {
-        let mut inner = self.shared.lock();
-        inner.faults.clear();
-        inner.delay = Duration::ZERO;
-    }
-
-    /// Every answer from now on comes `delay` after the push was stored.
-    pub fn set_delay(&self, delay: Duration) {
-        self.shared.lock().delay = delay;
-    }
-
-    /// Closes the listening socket and every open connection now, so connections are refused,
-    /// and listens on the same port again after `d`. Returns once the port is closed.
-    pub fn refuse_connections_for(&self, d: Duration) {
-        {
-            let mut inner = self.shared.lock();
-            inner.refuse_until = Some(Instant::now() + d);
-            let old = std::mem::replace(&mut inner.kill, CancellationToken::new());
-            old.cancel();
-        }
-        self.shared.refuse.notify_one();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.is_listening() {
-            assert!(
-                Instant::now() < deadline,
-                "the receiver did not close its port"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Whether the listening socket is open (false during a refusal).
-    pub fn is_listening(&self) -> bool {
-        self.shared.lock().listening
+        self.lock().duplicates
     }
 
     /// Waits until at least `n` entries are stored (panics after `timeout`) and returns them.
     pub fn wait_for_entries(&self, n: usize, timeout: Duration) -> Vec<ReceivedEntry> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let entries = self.entries();
-            if entries.len() >= n {
-                return entries;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Loki receiver stored {} of {n} entries within {timeout:?}; pushes: {:?}",
-                entries.len(),
-                self.pushes()
-                    .iter()
-                    .map(|p| (p.status, p.entries, p.accepted))
-                    .collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        server::wait_for(
+            timeout,
+            || Some(self.entries()).filter(|e| e.len() >= n),
+            || {
+                format!(
+                    "the Loki receiver stored {} of {n} entries within {timeout:?}; pushes: {:?}",
+                    self.entries().len(),
+                    self.summary()
+                )
+            },
+        )
     }
 
     /// Waits for a push matching `pred` (panics after `timeout`) and returns it.
@@ -411,145 +250,24 @@ impl LokiReceiver {
         pred: impl Fn(&PushRecord) -> bool,
         timeout: Duration,
     ) -> PushRecord {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(p) = self.pushes().into_iter().find(|p| pred(p)) {
-                return p;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no matching push within {timeout:?}; pushes: {:?}",
-                self.pushes()
-                    .iter()
-                    .map(|p| (p.status, p.entries, p.accepted))
-                    .collect::<Vec<_>>()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for LokiReceiver {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The listening side: closes its socket during a refusal and rebinds the same port after.
-struct RefusingListener {
-    listener: Option<TcpListener>,
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-}
-
-impl axum::serve::Listener for RefusingListener {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
-        loop {
-            if let Some(until) = self.shared.refusing_until() {
-                if self.listener.take().is_some() {
-                    self.shared.lock().listening = false;
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until.into()) => {}
-                    _ = self.shared.refuse.notified() => {}
-                }
-                continue;
-            }
-            let listener = match &mut self.listener {
-                Some(l) => l,
-                empty @ None => match TcpListener::bind(self.addr).await {
-                    Ok(l) => {
-                        self.shared.lock().listening = true;
-                        empty.insert(l)
-                    }
-                    Err(_) => {
-                        // The old socket may linger a moment; the port is ours to take back.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
-            tokio::select! {
-                r = TcpListener::accept(listener) => match r {
-                    Ok((stream, peer)) => {
-                        if self.shared.refusing_until().is_some() {
-                            continue;
-                        }
-                        let kill = self.shared.lock().kill.clone();
-                        return (Conn { inner: stream, kill: Box::pin(kill.cancelled_owned()) }, peer);
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                },
-                _ = self.shared.refuse.notified() => {}
-            }
-        }
+        server::wait_for(
+            timeout,
+            || self.pushes().into_iter().find(|p| pred(p)),
+            || {
+                format!(
+                    "no matching push within {timeout:?}; pushes: {:?}",
+                    self.summary()
+                )
+            },
+        )
     }
 
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.addr)
-    }
-}
-
-/// A connection that fails every read and write once its kill token is cancelled, so a
-/// refusal also ends keep-alive connections (hyper then closes the socket).
-struct Conn {
-    inner: TcpStream,
-    kill: Pin<Box<WaitForCancellationFutureOwned>>,
-}
-
-impl Conn {
-    fn killed(&mut self, cx: &mut Context<'_>) -> bool {
-        self.kill.as_mut().poll(cx).is_ready()
-    }
-}
-
-fn reset() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionReset,
-        "receiver refusing connections",
-    )
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.killed(cx) {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if self.killed(cx) {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.killed(cx) {
-            return Poll::Ready(Err(reset()));
-        }
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    /// (status, entries, entries stored) per push, for failure messages.
+    fn summary(&self) -> Vec<(u16, usize, usize)> {
+        self.pushes()
+            .iter()
+            .map(|p| (p.status, p.entries, p.accepted))
+            .collect()
     }
 }
 
@@ -574,12 +292,7 @@ struct PushEntry {
 
 /// `POST /loki/api/v1/push`
 async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let text = |name: header::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
+    let text = |name| server::header_text(&headers, name);
     let mut record = PushRecord {
         at: Instant::now(),
         status: 204,
@@ -591,38 +304,13 @@ async fn push(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
         entries: 0,
         accepted: 0,
     };
-    let (status, extra_headers, response) = handle(&shared, &mut record, &body);
-    record.status = status.as_u16();
-    record.response = response.clone();
-    let delay = {
-        let mut inner = shared.lock();
-        inner.pushes.push(record);
-        inner.delay
-    };
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    let mut res = if status == StatusCode::NO_CONTENT {
-        status.into_response()
-    } else {
-        (
-            status,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            response,
-        )
-            .into_response()
-    };
-    for (k, v) in extra_headers {
-        res.headers_mut().insert(k, v);
-    }
-    res
+    let answer = handle(&shared, &mut record, &body);
+    record.status = answer.0.as_u16();
+    record.response = answer.2.clone();
+    shared.lock().pushes.push(record);
+    // A 204 has no body; every other answer has Loki's error text.
+    server::respond(answer, "text/plain; charset=utf-8", shared.next_delay()).await
 }
-
-type Answer = (
-    StatusCode,
-    Vec<(header::HeaderName, header::HeaderValue)>,
-    String,
-);
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Answer {
     // Go's http.Error ends the body with a newline.
@@ -630,7 +318,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Answer {
 }
 
 fn handle(shared: &Shared, record: &mut PushRecord, body: &[u8]) -> Answer {
-    let limits = &shared.limits;
+    let limits = &shared.options;
     if limits.require_tenant && record.tenant.is_none() {
         return error(StatusCode::UNAUTHORIZED, "no org id");
     }
@@ -644,11 +332,7 @@ fn handle(shared: &Shared, record: &mut PushRecord, body: &[u8]) -> Answer {
             ),
         );
     }
-    let media = record
-        .content_type
-        .as_deref()
-        .and_then(|c| c.split(';').next())
-        .map(|c| c.trim().to_ascii_lowercase());
+    let media = server::media_type(record.content_type.as_deref());
     let decoded = if media.as_deref() == Some("application/json") {
         decode_json(
             body,
@@ -664,8 +348,7 @@ fn handle(shared: &Shared, record: &mut PushRecord, body: &[u8]) -> Answer {
     };
     record.entries = push.streams.iter().map(|s| s.entries.len()).sum();
 
-    let fault = shared.lock().faults.pop_front();
-    match fault {
+    match shared.next_fault() {
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).expect("a valid injected status");
             return error(
@@ -673,14 +356,14 @@ fn handle(shared: &Shared, record: &mut PushRecord, body: &[u8]) -> Answer {
                 "rpc error: code = Unavailable desc = injected failure",
             );
         }
-        Some(Fault::RateLimited { retry_after }) => {
+        Some(Fault::Throttle { retry_after }) => {
             let bytes: usize = push
                 .streams
                 .iter()
                 .flat_map(|s| &s.entries)
                 .map(|e| e.line.len())
                 .sum();
-            let (status, mut headers, body) = error(
+            let answer = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
                     "Ingestion rate limit exceeded for user {} (limit: 4194304 bytes/sec) while \
@@ -690,11 +373,7 @@ fn handle(shared: &Shared, record: &mut PushRecord, body: &[u8]) -> Answer {
                     record.entries
                 ),
             );
-            headers.push((
-                header::RETRY_AFTER,
-                header::HeaderValue::from_str(&retry_after).expect("a valid Retry-After"),
-            ));
-            return (status, headers, body);
+            return server::with_retry_after(answer, &retry_after);
         }
         None => {}
     }
@@ -712,7 +391,7 @@ fn handle(shared: &Shared, record: &mut PushRecord, body: &[u8]) -> Answer {
 /// Validates (distributor) and stores (ingester) a push; returns the count stored and the
 /// error texts.
 fn ingest(shared: &Shared, tenant: &str, push: Push) -> (usize, Vec<String>) {
-    let limits = &shared.limits;
+    let limits = &shared.options;
     let now = now_ns();
     let mut errors = Vec::new();
     let mut accepted = 0;
@@ -927,11 +606,7 @@ fn decode_json(body: &[u8], encoding: Option<&str>, max: usize) -> Result<Push, 
     let body: Vec<u8> = match encoding.map(str::to_ascii_lowercase).as_deref() {
         None | Some("") | Some("identity") => body.to_vec(),
         Some("gzip") => {
-            let mut out = Vec::new();
-            flate2::read::GzDecoder::new(body)
-                .take(max as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| bad(format!("gzip: {e}")))?;
+            let out = server::gunzip(body, max).map_err(|e| bad(format!("gzip: {e}")))?;
             if out.len() > max {
                 return Err(error(
                     StatusCode::PAYLOAD_TOO_LARGE,

@@ -6,3 +6,4 @@
 
 pub mod elasticsearch;
 pub mod loki;
+pub mod server;

@@ -184,6 +184,21 @@ impl ContainerDecoder {
         }
     }
 
+    /// Decodes a raw batch into a new one of the same source, carrying its `bytes_read`.
+    pub fn decode_batch(&mut self, raw: LineBatch) -> LineBatch {
+        let mut out = LineBatch::new(raw.source.clone());
+        out.bytes_read = raw.bytes_read;
+        self.decode(&raw, &mut out);
+        out
+    }
+
+    /// [`flush`](Self::flush) into a new batch of `source`; `None` when nothing was waiting.
+    pub fn flush_batch(&mut self, source: &std::sync::Arc<str>) -> Option<LineBatch> {
+        let mut out = LineBatch::new(source.clone());
+        self.flush(&mut out);
+        (!out.lines.is_empty()).then_some(out)
+    }
+
     /// Emits the joined lines still waiting for their end (at EOF, or after the partial
     /// timeout), as they are, oldest first.
     pub fn flush(&mut self, out: &mut LineBatch) {

@@ -137,17 +137,15 @@ pub async fn read_to_end(
                 pb.set_message(format!("{lines} lines, {:.0} lines/s", lines as f64 / secs));
             }
             let batch = match &mut decoder {
-                Some(d) => decoded(d, &name, batch),
+                Some(d) => d.decode_batch(batch),
                 None => batch,
             };
             if out.send(batch).await.is_err() {
                 return Ok(());
             }
         }
-        if let Some(d) = &mut decoder {
-            let mut b = LineBatch::new(name.clone());
-            d.flush(&mut b);
-            if !b.lines.is_empty() && out.send(b).await.is_err() {
+        if let Some(b) = decoder.as_mut().and_then(|d| d.flush_batch(&name)) {
+            if out.send(b).await.is_err() {
                 return Ok(());
             }
         }
@@ -160,13 +158,6 @@ pub async fn read_to_end(
 
 fn envelope_counter(selfm: &SelfMetrics) -> prometheus::IntCounter {
     selfm.parse_errors.with_label_values(&["invalid_envelope"])
-}
-
-fn decoded(d: &mut ContainerDecoder, name: &Arc<str>, raw: LineBatch) -> LineBatch {
-    let mut b = LineBatch::new(name.clone());
-    b.bytes_read = raw.bytes_read;
-    d.decode(&raw, &mut b);
-    b
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -524,7 +515,7 @@ impl Tail {
         base: Option<u64>,
     ) -> bool {
         let mut batch = match &mut t.decoder {
-            Some(d) => decoded(d, &t.source, batch),
+            Some(d) => d.decode_batch(batch),
             None => batch,
         };
         let cut = batch.lines.iter().any(|l| l.truncated);
@@ -589,9 +580,7 @@ impl Tail {
                         return Ok(Progress::Stopped);
                     }
                 }
-                if let Some(d) = &mut t.decoder {
-                    let mut b = LineBatch::new(t.source.clone());
-                    d.flush(&mut b);
+                if let Some(mut b) = t.decoder.as_mut().and_then(|d| d.flush_batch(&t.source)) {
                     b.ack = Some(t.acks.ack_for(t.reader.position()));
                     if out.send(b).await.is_err() {
                         return Ok(Progress::Stopped);

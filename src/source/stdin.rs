@@ -32,20 +32,13 @@ pub async fn run(
         };
         let batch = match (batch, &mut decoder) {
             (None, Some(d)) => {
-                let mut b = LineBatch::new(name.clone());
-                d.flush(&mut b);
-                if !b.lines.is_empty() {
+                if let Some(b) = d.flush_batch(&name) {
                     let _ = out.send(b).await;
                 }
                 return Ok(());
             }
             (None, None) => return Ok(()),
-            (Some(raw), Some(d)) => {
-                let mut b = LineBatch::new(name.clone());
-                b.bytes_read = raw.bytes_read;
-                d.decode(&raw, &mut b);
-                b
-            }
+            (Some(raw), Some(d)) => d.decode_batch(raw),
             (Some(b), None) => b,
         };
         if out.send(batch).await.is_err() {

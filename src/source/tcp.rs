@@ -295,12 +295,7 @@ async fn read_client(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Di
         let cut = raw.lines.iter().any(|l| l.truncated);
         let batch = match &mut decoder {
             None => raw,
-            Some(d) => {
-                let mut b = LineBatch::new(shared.source.clone());
-                b.bytes_read = raw.bytes_read;
-                d.decode(&raw, &mut b);
-                b
-            }
+            Some(d) => d.decode_batch(raw),
         };
         if (!batch.lines.is_empty() || batch.bytes_read > 0)
             && shared.out.send(batch).await.is_err()
@@ -318,13 +313,9 @@ async fn read_client(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Di
     };
     // Close the socket before the last send, which may wait on the pipeline.
     drop(reader);
-    if let Some(mut d) = decoder {
-        let mut b = LineBatch::new(shared.source.clone());
-        d.flush(&mut b);
-        if !b.lines.is_empty() {
-            // A failed send means the pipeline is gone; nothing else can be done with it.
-            let _ = shared.out.send(b).await;
-        }
+    if let Some(b) = decoder.as_mut().and_then(|d| d.flush_batch(&shared.source)) {
+        // A failed send means the pipeline is gone; nothing else can be done with it.
+        let _ = shared.out.send(b).await;
     }
     reason
 }

@@ -37,6 +37,7 @@ fn bench(c: &mut Criterion) {
         malformed_rate: 0.0,
         rate: 0.0,
         live: false,
+        incidents: false,
     };
     demo_logs(&opts, &mut corpus).expect("generate");
     let batches = batches(&corpus);

@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// Pass every line through to stdout (`app | weir run --stdout | tee app.log`).
     #[arg(long, conflicts_with = "oneshot")]
     pub stdout: bool,
+    /// With --oneshot: also send the alerts' notifications (a backfill only reports them).
+    #[arg(long, requires = "oneshot")]
+    pub notify: bool,
     /// Directory for checkpoints of tailed files (overrides the pipeline's data_dir).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -101,6 +104,19 @@ pub struct ValidateArgs {
 pub enum GenerateCommand {
     /// Agent-system JSON logs, deterministic for a given seed.
     DemoLogs(DemoLogsArgs),
+    /// Prometheus alerting rules (YAML) equivalent to a pipeline's [[alerts]], for
+    /// `rule_files`; rules Prometheus cannot express are listed as comments.
+    PrometheusRules(PrometheusRulesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PrometheusRulesArgs {
+    /// Pipeline file. Default: the embedded pipelines/agents.toml.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Output file. Default: stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +135,12 @@ pub struct DemoLogsArgs {
     /// Stamp lines with the current time (for a live demo) instead of a clock from 2024-01-01.
     #[arg(long)]
     pub live: bool,
+    /// Play incidents over a quiet baseline, one for each alert of the default pipeline, in
+    /// every 40 minutes of the log's clock: agent-07 fails every task (2:00-3:00), queue
+    /// `retries` backs up (4:00-7:00), tasks take over a minute (10:00-25:00), SlackGateway goes
+    /// silent (15:00-21:40).
+    #[arg(long)]
+    pub incidents: bool,
     /// Output file. Default: stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
@@ -147,14 +169,34 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match config::load(Some(&args.config), &selfm) {
                 Ok(p) => {
                     println!(
-                        "{}: ok ({} metrics)",
+                        "{}: ok ({} metrics, {} alerts, {} notifiers)",
                         args.config.display(),
-                        p.deriver.metrics().len()
+                        p.deriver.metrics().len(),
+                        p.rules.len(),
+                        p.notifiers.len()
                     );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => config_error(e),
             }
+        }
+        Command::Generate(GenerateCommand::PrometheusRules(a)) => {
+            let selfm = SelfMetrics::new();
+            let p = match config::load(a.config.as_deref(), &selfm) {
+                Ok(p) => p,
+                Err(e) => return config_error(e),
+            };
+            let text = prometheus_rules(&p);
+            match &a.output {
+                Some(path) => std::fs::write(path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(text.as_bytes())?;
+                    out.flush()?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Generate(GenerateCommand::DemoLogs(a)) => {
             if !(0.0..=1.0).contains(&a.malformed_rate) {
@@ -166,6 +208,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 malformed_rate: a.malformed_rate,
                 rate: a.rate,
                 live: a.live,
+                incidents: a.incidents,
             };
             match &a.output {
                 Some(p) => {
@@ -184,6 +227,35 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The Prometheus rules file of a compiled pipeline.
+pub fn prometheus_rules(p: &config::CompiledPipeline) -> String {
+    use crate::alert::promrules::{render_rules, MetricInfo, RuleInfo};
+    let metrics = p.deriver.metrics();
+    let lookup = |name: &str| {
+        metrics.iter().find(|m| m.name == name).map(|m| MetricInfo {
+            name: &m.name,
+            kind: m.kind,
+            counts_events: m.counts_events(),
+            label_names: &m.label_names,
+        })
+    };
+    let rules: Vec<RuleInfo<'_>> = p
+        .rules
+        .iter()
+        .map(|r| RuleInfo {
+            name: &r.name,
+            expr: &r.expr,
+            severity: r.severity,
+            summary: r.summary.as_ref(),
+            description: r.description.as_ref(),
+            link: r.link.as_ref(),
+            labels: &r.labels,
+        })
+        .collect();
+    let group = format!("weir {}", p.origin);
+    render_rules(&group, &rules, &lookup)
 }
 
 /// The sinks of `--loki` and `--elasticsearch`, with every other setting at its default.
@@ -249,6 +321,7 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ => crate::sink::BufferKind::Memory,
         }),
         shutdown_timeout_secs: args.shutdown_timeout_secs,
+        notify: args.notify,
     };
     runtime.block_on(topology::run(pipeline, opts, selfm.clone(), shutdown))?;
     if args.oneshot {

@@ -6,6 +6,7 @@
 //! the deriver. Compilation does no I/O, so `weir validate` is exactly load + compile. Every
 //! error names the file, line and column, quotes the line and says what was expected.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,10 @@ use std::path::{Path, PathBuf};
 use prometheus::Registry;
 use serde::Deserialize;
 
+use crate::alert::engine::Rule;
+use crate::alert::notify::NotifierConfig;
+use crate::alert::rule::AlertConfig;
+use crate::alert::window::Feed;
 use crate::derive::{CompiledMetric, Deriver, MetricConfig};
 use crate::parse::{EventConfig, LineParser, PathTrie};
 use crate::sink::SinkConfig;
@@ -44,6 +49,12 @@ pub struct PipelineConfig {
     /// Derived metrics (`[[metrics]]`).
     #[serde(default)]
     pub metrics: Vec<MetricConfig>,
+    /// Alert rules (`[[alerts]]`).
+    #[serde(default)]
+    pub alerts: Vec<AlertConfig>,
+    /// Where alerts are sent (`[notifiers.NAME]`).
+    #[serde(default)]
+    pub notifiers: BTreeMap<String, NotifierConfig>,
 }
 
 /// An error in a part of the file, located by byte span; [`ConfigError::Invalid`] once placed.
@@ -132,6 +143,9 @@ pub struct CompiledPipeline {
     pub sources: Vec<SourceConfig>,
     pub data_dir: Option<PathBuf>,
     pub sinks: Vec<SinkConfig>,
+    /// Alert rules, in file order (their windows live in `deriver.feed`).
+    pub rules: Vec<Rule>,
+    pub notifiers: BTreeMap<String, NotifierConfig>,
 }
 
 impl PipelineConfig {
@@ -173,6 +187,27 @@ impl PipelineConfig {
             }
             metrics.push(m.compile(&mut trie, &registry, selfm).map_err(place)?);
         }
+        let mut feed = Feed::default();
+        let mut rules = Vec::with_capacity(self.alerts.len());
+        for (i, a) in self.alerts.iter().enumerate() {
+            if let Some(first) = self.alerts[..i]
+                .iter()
+                .find(|o| o.name.get_ref() == a.name.get_ref())
+            {
+                let first_line = locate(path, text, first.name.span().start, String::new()).line;
+                return Err(place(CompileError::at(
+                    a.name.span(),
+                    format!(
+                        "duplicate alert name {:?} (first defined on line {first_line})",
+                        a.name.get_ref(),
+                    ),
+                )));
+            }
+            rules.push(
+                a.compile(&mut metrics, &self.notifiers, &mut trie, &mut feed, selfm)
+                    .map_err(place)?,
+            );
+        }
         for (i, src) in self.sources.iter().enumerate() {
             if let Err(message) = src.check() {
                 // Point at the source's `[[sources]]` header.
@@ -207,11 +242,13 @@ impl PipelineConfig {
         Ok(CompiledPipeline {
             origin: path.to_string(),
             parser: event_paths.into_parser(trie),
-            deriver: Deriver::new(metrics),
+            deriver: Deriver::new(metrics).with_feed(feed),
             registry,
             sources: self.sources.clone(),
             data_dir: self.data_dir.clone(),
             sinks: self.sinks.clone(),
+            rules,
+            notifiers: self.notifiers.clone(),
         })
     }
 }

@@ -5,7 +5,9 @@
 //! "Task started" / "Task completed" pairs (15% failures, with an error type and a log-normal
 //! duration), "Queue depth" reports, and noise from every component. `--malformed-rate` mixes in
 //! truncated JSON and plain-text lines (tracebacks, panics). `--live` stamps lines with the
-//! current time and `--rate` paces them, to feed a demo stack.
+//! current time and `--rate` paces them, to feed a demo stack. `--incidents` plays a schedule of
+//! incidents (a failure burst, a queue backlog, slow tasks, a silent component) over a quiet
+//! baseline, one for each alert of the default pipeline.
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -59,6 +61,32 @@ pub struct DemoOptions {
     pub rate: f64,
     /// Stamp lines with the current time instead of a fixed clock.
     pub live: bool,
+    /// Play the incident schedule (see [`incidents`]) over a quiet baseline.
+    pub incidents: bool,
+}
+
+/// The incident schedule of `--incidents`, in seconds into each 40-minute cycle of the log's
+/// clock (event time; with `--live`, wall time since start). Each incident trips one of the
+/// default pipeline's alerts; around them the system is quiet (0.2% failures, queues ≤ 80), so
+/// nothing else fires.
+pub mod incidents {
+    /// Length of the cycle.
+    pub const CYCLE: i64 = 2400;
+    /// Every task of [`BURST_AGENT`] fails (TimeoutError): AgentTaskFailures.
+    pub const BURST: (i64, i64) = (120, 180);
+    pub const BURST_AGENT: &str = "agent-07";
+    /// Queue [`BACKLOG_QUEUE`] reports 150..=250: QueueBacklog (over 100 for 2m).
+    pub const BACKLOG: (i64, i64) = (240, 420);
+    pub const BACKLOG_QUEUE: &str = "retries";
+    /// Every task takes 65..=180 s: SlowTasks (p95 over 60 s for 10m).
+    pub const SLOW: (i64, i64) = (600, 1500);
+    /// [`SILENT_COMPONENT`] writes nothing: ComponentSilent (absent for 5m).
+    pub const SILENT: (i64, i64) = (900, 1300);
+    pub const SILENT_COMPONENT: &str = "SlackGateway";
+
+    pub fn during(window: (i64, i64), t: i64) -> bool {
+        (window.0..window.1).contains(&t.rem_euclid(CYCLE))
+    }
 }
 
 fn timestamp(ms: i64) -> String {
@@ -94,6 +122,13 @@ pub fn demo_logs(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<()> {
         } else {
             timestamp(ms)
         };
+        // Seconds into the incident cycle.
+        let t = if opts.live {
+            started.elapsed().as_secs() as i64
+        } else {
+            (ms - START_MS) / 1000
+        };
+        let inc = |w| opts.incidents && incidents::during(w, t);
         let x: f64 = r.random();
         let obj = if x < 0.22 || (x < 0.44 && open.is_empty()) {
             next_task += 1;
@@ -107,7 +142,15 @@ pub fn demo_logs(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<()> {
         } else if x < 0.44 {
             let i = r.random_range(0..open.len());
             let (tid, agent, task) = open.swap_remove(i);
-            let (level, md) = if r.random::<f64>() < 0.15 {
+            let fail_rate = if inc(incidents::BURST) && agent == incidents::BURST_AGENT {
+                1.0
+            } else if opts.incidents {
+                0.002
+            } else {
+                0.15
+            };
+            let slow = inc(incidents::SLOW);
+            let (level, md) = if r.random::<f64>() < fail_rate {
                 let d = (fail_d.sample(&mut r).min(300.0) * 1000.0).round() / 1000.0;
                 (
                     "ERROR",
@@ -115,7 +158,12 @@ pub fn demo_logs(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<()> {
                                  "duration": d, "error_type": *ERRORS.choose(&mut r).expect("non-empty")}),
                 )
             } else {
-                let d = (ok_d.sample(&mut r).min(300.0) * 1000.0).round() / 1000.0;
+                let d = if slow {
+                    r.random_range(65.0..=180.0f64)
+                } else {
+                    ok_d.sample(&mut r).min(300.0)
+                };
+                let d = (d * 1000.0).round() / 1000.0;
                 (
                     "INFO",
                     json!({"agent_id": agent, "task_id": task, "status": "success", "duration": d}),
@@ -127,14 +175,24 @@ pub fn demo_logs(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<()> {
             json!({"timestamp": ts, "level": level, "component": component,
                    "message": "Task completed", "trace_id": tid, "metadata": md})
         } else if x < 0.60 {
+            let queue = *QUEUES.choose(&mut r).expect("non-empty");
+            let depth = if !opts.incidents {
+                r.random_range(0..=250)
+            } else if inc(incidents::BACKLOG) && queue == incidents::BACKLOG_QUEUE {
+                r.random_range(150..=250)
+            } else {
+                r.random_range(0..=80)
+            };
             json!({"timestamp": ts, "level": "DEBUG", "component": "SchedulerService",
                    "message": "Queue depth", "trace_id": uuid4(&mut r),
-                   "metadata": {"queue_name": QUEUES.choose(&mut r).expect("non-empty"),
-                                "depth": r.random_range(0..=250)}})
+                   "metadata": {"queue_name": queue, "depth": depth}})
         } else {
             let (level, message, metadata) = noise(&mut r, &agents);
-            json!({"timestamp": ts, "level": level,
-                   "component": COMPONENTS.choose(&mut r).expect("non-empty"),
+            let mut component = *COMPONENTS.choose(&mut r).expect("non-empty");
+            if component == incidents::SILENT_COMPONENT && inc(incidents::SILENT) {
+                component = "EventBus";
+            }
+            json!({"timestamp": ts, "level": level, "component": component,
                    "message": message, "trace_id": uuid4(&mut r), "metadata": metadata})
         };
         line.clear();
@@ -234,6 +292,7 @@ mod tests {
             malformed_rate,
             rate: 0.0,
             live: false,
+            incidents: false,
         };
         demo_logs(&opts, &mut out).unwrap();
         out

@@ -1,4 +1,4 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text format 0.0.4), `/health`, `/ready`.
+//! The HTTP endpoint: `/metrics` (Prometheus text format 0.0.4), `/health`, `/ready`, `/alerts`.
 //!
 //! The derived metrics and weir's own live in two registries (so a pipeline can never shadow a
 //! `weir_*` name); `/metrics` encodes both. Handlers only read atomics: a scrape never blocks the
@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use crate::alert::engine::SharedView;
 use crate::telemetry::SelfMetrics;
 
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct AppState {
     pub selfm: SelfMetrics,
     /// Set once the pipeline runs; cleared when it shuts down.
     pub ready: Arc<AtomicBool>,
+    /// Pending and firing alerts; `None` when the pipeline has no alert rules.
+    pub alerts: Option<SharedView>,
 }
 
 /// An error from a handler, as a 500 with its message.
@@ -73,8 +76,20 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
+/// `GET /alerts`: `{"alerts": [...]}`, the pending and firing alerts (rule, state, severity,
+/// labels, value, threshold, summary, since when).
+async fn alerts(State(state): State<AppState>) -> Response {
+    let list = state
+        .alerts
+        .as_ref()
+        .and_then(|v| v.read().ok().map(|v| v.clone()))
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({ "alerts": list })).into_response()
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/alerts", get(alerts))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
@@ -100,6 +115,7 @@ mod tests {
             derived,
             selfm,
             ready: Arc::new(AtomicBool::new(false)),
+            alerts: None,
         };
         let app = router(state.clone());
         let res = app

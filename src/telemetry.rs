@@ -58,6 +58,20 @@ pub struct SelfMetrics {
     pub sink_dropped: IntCounterVec,
     pub sink_buffer_events: IntGaugeVec,
     pub sink_latency: prometheus::HistogramVec,
+    /// Alerts firing now, by rule and severity.
+    pub alerts_firing: IntGaugeVec,
+    /// Alerts pending (condition true, `for` not yet over), by rule.
+    pub alerts_pending: IntGaugeVec,
+    /// Alert state changes, by rule and new state (pending, firing, resolved, inactive).
+    pub alert_transitions: IntCounterVec,
+    /// Label sets a rule could not track (over its max_groups), by rule.
+    pub alert_groups_dropped: IntCounterVec,
+    /// Notifications by notifier and result (sent, failed, dropped).
+    pub alert_notifications: IntCounterVec,
+    /// Notification attempts that failed and were retried, by notifier.
+    pub alert_notification_retries: IntCounterVec,
+    /// Notifications waiting to be sent, by notifier.
+    pub alert_notification_queue: IntGaugeVec,
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
@@ -208,6 +222,13 @@ impl SelfMetrics {
                 reg.register(Box::new(h.clone())).expect("registered once");
                 h
             },
+            alerts_firing: gauge_vec(&reg, "weir_alerts_firing", "Alerts firing now, by rule and severity.", &["rule", "severity"]),
+            alerts_pending: gauge_vec(&reg, "weir_alerts_pending", "Alerts whose condition holds but whose `for` is not over yet.", &["rule"]),
+            alert_transitions: counter_vec(&reg, "weir_alert_transitions_total", "Alert state changes, by rule and new state.", &["rule", "state"]),
+            alert_groups_dropped: counter_vec(&reg, "weir_alert_groups_dropped_total", "Label sets a rule did not track because it holds max_groups already.", &["rule"]),
+            alert_notifications: counter_vec(&reg, "weir_alert_notifications_total", "Notifications by notifier and result (sent, failed, dropped).", &["notifier", "result"]),
+            alert_notification_retries: counter_vec(&reg, "weir_alert_notification_retries_total", "Notification attempts that failed and were tried again.", &["notifier"]),
+            alert_notification_queue: gauge_vec(&reg, "weir_alert_notification_queue", "Notifications waiting to be sent, by notifier.", &["notifier"]),
             events_per_second,
             up,
             registry: reg,

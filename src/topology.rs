@@ -24,6 +24,8 @@ use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::alert::dispatch::{DispatchOptions, Dispatcher};
+use crate::alert::engine::{Clock, Engine};
 use crate::config::CompiledPipeline;
 use crate::derive::Deriver;
 use crate::event::ParseIssue;
@@ -63,6 +65,8 @@ pub struct RunOptions {
     pub buffer: Option<sink::BufferKind>,
     /// After a signal, how long sinks may take to deliver what they hold.
     pub shutdown_timeout_secs: u64,
+    /// `--notify`: a backfill (`--oneshot`) sends its alerts' notifications too.
+    pub notify: bool,
 }
 
 /// Parse + derive, one batch at a time.
@@ -76,6 +80,8 @@ pub struct Processor {
     sinks: Vec<SinkInput>,
     /// Arrival sequence, for the ids of lines that have no file position.
     seq: u64,
+    /// Alert rules; `None` when the pipeline has none.
+    alerts: Option<Engine>,
 }
 
 impl Processor {
@@ -88,6 +94,37 @@ impl Processor {
             started: Instant::now(),
             sinks: Vec::new(),
             seq: 0,
+            alerts: None,
+        }
+    }
+
+    /// Evaluates these alert rules (their windows are in the deriver's feed).
+    pub fn with_alerts(mut self, engine: Engine) -> Self {
+        self.alerts = (!engine.is_empty()).then_some(engine);
+        self
+    }
+
+    /// The alert engine, once processing is over (for a backfill's report).
+    pub fn into_alerts(self) -> Option<Engine> {
+        self.alerts
+    }
+
+    /// Input ended: a backfill evaluates its last second; live state is saved.
+    pub fn finish_alerts(&mut self) {
+        if let Some(a) = &mut self.alerts {
+            match a.clock() {
+                Clock::Event => a.finish(&mut self.deriver.feed),
+                Clock::Wall => a.save(&self.deriver.feed),
+            }
+        }
+    }
+
+    /// Wall clock: evaluates the rules if a second has passed.
+    pub fn tick_alerts(&mut self) {
+        if let Some(a) = &mut self.alerts {
+            if a.clock() == Clock::Wall {
+                a.tick_wall(&mut self.deriver.feed);
+            }
         }
     }
 
@@ -116,6 +153,14 @@ impl Processor {
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let tick = self.tick();
         let mut counts = [0u64; ParseIssue::ALL.len()];
+        let event_clock = match &self.alerts {
+            Some(a) if a.clock() == Clock::Event => true,
+            Some(_) => {
+                self.deriver.feed.now = received.div_euclid(1_000_000_000);
+                false
+            }
+            None => false,
+        };
         for span in &batch.lines {
             let (bytes, truncated) = (batch.line(span), span.truncated);
             let mut issue = |i: ParseIssue| counts[i as usize] += 1;
@@ -127,6 +172,18 @@ impl Processor {
             let ev = self
                 .parser
                 .parse_with_attrs(&text, attrs, received, &mut issue);
+            if event_clock {
+                // A backfill runs on the events' time; a line without a usable one (it got
+                // the arrival time) stays at the clock's current second instead of jumping
+                // the clock to today.
+                if let Some(a) = &mut self.alerts {
+                    if ev.timestamp != received {
+                        let sec = ev.timestamp.div_euclid(1_000_000_000);
+                        a.advance_to(&mut self.deriver.feed, sec);
+                        self.deriver.feed.now = sec;
+                    }
+                }
+            }
             self.deriver.apply(&ev, tick);
             if want_events {
                 let id = match batch.origin {
@@ -178,6 +235,9 @@ impl Processor {
             .bytes_total
             .with_label_values(&source)
             .inc_by(batch.bytes_read);
+        if !event_clock {
+            self.tick_alerts();
+        }
         if counts[ParseIssue::InvalidJson as usize] > 0 {
             tracing::debug!(
                 source = %batch.source,
@@ -216,7 +276,7 @@ impl Processor {
         mut self,
         mut rx: mpsc::Receiver<LineBatch>,
         fill: prometheus::IntGauge,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    ) -> std::io::Result<std::thread::JoinHandle<Option<Engine>>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()?;
@@ -229,17 +289,23 @@ impl Processor {
                     let mut last = (Instant::now(), 0u64);
                     let mut events = 0u64;
                     let mut warned_issues = 0u64;
+                    let mut alert_every = tokio::time::interval(Duration::from_secs(1));
+                    alert_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         tokio::select! {
                             biased;
                             batch = rx.recv() => {
-                                let Some(batch) = batch else { return };
+                                let Some(batch) = batch else {
+                                    self.finish_alerts();
+                                    return self.into_alerts();
+                                };
                                 fill.set(rx.len() as i64);
                                 events += batch.lines.len() as u64;
                                 let out = self.process(&batch);
                                 drop(batch);
                                 self.fan_out(out).await;
                             }
+                            _ = alert_every.tick() => self.tick_alerts(),
                             _ = every.tick() => {
                                 let expired = self.deriver.expire(self.tick());
                                 if expired > 0 {
@@ -297,7 +363,10 @@ pub async fn run(
         origin,
         data_dir: pipeline_data_dir,
         sinks,
+        rules,
+        notifiers,
     } = pipeline;
+    let mut deriver = deriver;
     let data_dir = opts.data_dir.clone().or(pipeline_data_dir);
     if data_dir.is_none()
         && (!opts.files.is_empty() || sources.iter().any(|s| matches!(s, SourceConfig::File(_))))
@@ -341,7 +410,34 @@ pub async fn run(
         sink_inputs.push(input);
         sink_tasks.push((name, task));
     }
-    let processor = Processor::new(parser, deriver, selfm.clone()).with_sinks(sink_inputs);
+    // Alerts: live on the wall clock, backfills on the events' time. A backfill reports what
+    // would have fired; it notifies only with --notify.
+    let clock = if opts.oneshot {
+        Clock::Event
+    } else {
+        Clock::Wall
+    };
+    let mut dispatcher = None;
+    let mut engine = Engine::new(rules, &selfm).with_clock(clock);
+    if !engine.is_empty() && !notifiers.is_empty() && (!opts.oneshot || opts.notify) {
+        let mut built = Vec::new();
+        for (name, cfg) in &notifiers {
+            let n = cfg
+                .build()
+                .map_err(|e| anyhow::anyhow!("notifier {name}: {e}"))?;
+            built.push((name.clone(), n));
+        }
+        let (handle, d) = Dispatcher::start(built, DispatchOptions::default(), &selfm);
+        engine = engine.with_dispatch(handle);
+        dispatcher = Some(d);
+    }
+    if let Some(dir) = &data_dir {
+        engine = engine.with_state(dir.join("alerts").join("state.json"), &mut deriver.feed);
+    }
+    let alerts_view = (!engine.is_empty()).then(|| engine.view());
+    let processor = Processor::new(parser, deriver, selfm.clone())
+        .with_sinks(sink_inputs)
+        .with_alerts(engine);
     let processing = processor
         .spawn(rx, fill)
         .context("cannot start the processing thread")?;
@@ -359,6 +455,7 @@ pub async fn run(
                 derived: registry.clone(),
                 selfm: selfm.clone(),
                 ready: ready.clone(),
+                alerts: alerts_view.clone(),
             });
             let stop = server_stop.clone();
             Some(tokio::spawn(async move {
@@ -455,10 +552,30 @@ pub async fn run(
         }
     }
     // The processor ends once every batch sent is handled; join it off the async workers.
-    tokio::task::spawn_blocking(move || processing.join())
+    let engine = tokio::task::spawn_blocking(move || processing.join())
         .await
         .context("joining the processing thread")?
         .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
+    if let (Some(e), true) = (&engine, opts.oneshot) {
+        let (fired, resolved) = e.counts();
+        let firing = e
+            .rules()
+            .iter()
+            .flat_map(|r| r.states.values())
+            .filter(|s| s.firing_since.is_some())
+            .count();
+        tracing::info!(
+            fired,
+            resolved,
+            firing,
+            "backfill alerts (each is logged above as `alert firing` / `alert resolved`)"
+        );
+    }
+    if let Some(d) = dispatcher {
+        // Notifications still queued get the shutdown timeout to go out.
+        d.shutdown(Duration::from_secs(opts.shutdown_timeout_secs))
+            .await;
+    }
     ready.store(false, Ordering::Relaxed);
     // Sinks deliver what they hold. After a signal they get shutdown_timeout_secs; at stdin's
     // end (or a oneshot's) they take the time delivery takes.

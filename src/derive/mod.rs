@@ -24,6 +24,7 @@ use serde::{Deserialize, Deserializer};
 use smallvec::SmallVec;
 use toml::Spanned;
 
+use crate::alert::window::Feed;
 use crate::config::CompileError;
 use crate::event::Event;
 use crate::parse::{FieldRef, PathTrie};
@@ -159,6 +160,10 @@ pub struct CompiledMetric {
     labels: Vec<Label>,
     series: SeriesTable,
     errors: ErrorCounters,
+    /// Seconds idle before a series expires (0: never).
+    pub expire_after_secs: u64,
+    /// Alert terms (indexes in [`Feed::terms`]) that record this metric's updates.
+    pub watchers: Vec<usize>,
 }
 
 fn valid_metric_name(s: &str) -> bool {
@@ -167,7 +172,7 @@ fn valid_metric_name(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
 }
 
-fn valid_label_name(s: &str) -> bool {
+pub fn valid_label_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -371,12 +376,19 @@ impl MetricConfig {
             labels,
             series,
             errors,
+            expire_after_secs: self.expire_after_secs,
+            watchers: Vec::new(),
         })
     }
 }
 
 impl CompiledMetric {
-    fn apply(&mut self, ev: &Event<'_>, tick: u32) {
+    /// A counter that adds 1 per matching event (no `value`): `count()` of it counts events.
+    pub fn counts_events(&self) -> bool {
+        self.kind == MetricKind::Counter && matches!(self.value, ValueFrom::One)
+    }
+
+    fn apply(&mut self, ev: &Event<'_>, tick: u32, feed: &mut Feed) {
         if let ValueFrom::Pair(p) = &mut self.value {
             if self.when.as_ref().is_none_or(|w| !w.matches(ev)) {
                 p.observe_start(ev);
@@ -421,17 +433,31 @@ impl CompiledMetric {
             })
             .collect();
         self.series.update(&values, tick, v);
+        if !self.watchers.is_empty() {
+            feed.observe(&self.watchers, &values, v);
+        }
     }
 }
 
-/// All metrics of a pipeline, applied in file order to each event.
+/// All metrics of a pipeline, applied in file order to each event, and what the alert rules
+/// record of them ([`Feed`]).
 pub struct Deriver {
     metrics: Vec<CompiledMetric>,
+    /// Windows and last-seen times of the alert rules, updated on the same pass.
+    pub feed: Feed,
 }
 
 impl Deriver {
     pub fn new(metrics: Vec<CompiledMetric>) -> Self {
-        Deriver { metrics }
+        Deriver {
+            metrics,
+            feed: Feed::default(),
+        }
+    }
+
+    pub fn with_feed(mut self, feed: Feed) -> Self {
+        self.feed = feed;
+        self
     }
 
     pub fn metrics(&self) -> &[CompiledMetric] {
@@ -441,7 +467,10 @@ impl Deriver {
     /// Updates every metric whose condition `ev` matches. `tick` is whole seconds since start.
     pub fn apply(&mut self, ev: &Event<'_>, tick: u32) {
         for m in &mut self.metrics {
-            m.apply(ev, tick);
+            m.apply(ev, tick, &mut self.feed);
+        }
+        if !self.feed.absent.is_empty() {
+            self.feed.observe_event(ev);
         }
     }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the real `weir` binary, fed generated agent-system logs.
 
+mod alerts;
 mod container;
 mod core;
 mod delivery;

@@ -7,3 +7,4 @@
 pub mod elasticsearch;
 pub mod loki;
 pub mod server;
+pub mod webhook;

@@ -109,7 +109,8 @@ pub struct Notification {
     pub description: String,
     /// The metric the rule watches.
     pub metric: String,
-    /// The value that crossed the threshold (for a resolve: the last value).
+    /// The value that crossed the threshold (for a resolve: the value that ended it, else the
+    /// last one seen).
     pub value: f64,
     pub threshold: f64,
     /// When the alert started firing.

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Minimal local receivers for benches/sinks.sh: accept and discard, as fast as Python allows.
+"""Minimal local receivers for benches/sinks.sh and benches/alerts.sh: accept and discard, as fast as Python allows.
 
   receiver.py loki PORT            answers 204 to POST /loki/api/v1/push
   receiver.py elasticsearch PORT   answers a _bulk response with one 201 item per action
   receiver.py down PORT SECONDS    accepts nothing for SECONDS, then behaves like loki
+  receiver.py hook PORT            answers 200 to any POST (a webhook notifier's endpoint)
+  receiver.py hang PORT            reads each request and never answers
 
 Each prints the number of requests and body bytes received to stderr when stopped."""
 import http.server
@@ -30,6 +32,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(n)
         stats["requests"] += 1
         stats["bytes"] += n
+        if kind == "hang":
+            time.sleep(86400)
         if kind == "elasticsearch":
             # Items echo the ids of the action lines, in order (found with a regex, in C, so
             # the receiver is not what limits the benchmark).
@@ -38,6 +42,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             out = b'{"took":1,"errors":false,"items":[' + b",".join(item % i for i in ids) + b"]}"
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+        elif kind == "hook":
+            out = b""
+            self.send_response(200)
         else:
             out = b""
             self.send_response(204)

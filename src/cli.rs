@@ -239,6 +239,7 @@ pub fn prometheus_rules(p: &config::CompiledPipeline) -> String {
             kind: m.kind,
             counts_events: m.counts_events(),
             label_names: &m.label_names,
+            buckets: &m.buckets,
         })
     };
     let rules: Vec<RuleInfo<'_>> = p
@@ -254,8 +255,15 @@ pub fn prometheus_rules(p: &config::CompiledPipeline) -> String {
             labels: &r.labels,
         })
         .collect();
-    let group = format!("weir {}", p.origin);
-    render_rules(&group, &rules, &lookup)
+    // `weir-agents` for pipelines/agents.toml (embedded or not), `weir-my` for my.toml.
+    let stem = p
+        .origin
+        .trim_end_matches('>')
+        .rsplit(['/', '\\', ' '])
+        .next()
+        .unwrap_or("pipeline")
+        .trim_end_matches(".toml");
+    render_rules(&format!("weir-{stem}"), &rules, &lookup)
 }
 
 /// The sinks of `--loki` and `--elasticsearch`, with every other setting at its default.

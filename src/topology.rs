@@ -434,7 +434,7 @@ pub async fn run(
     if let Some(dir) = &data_dir {
         engine = engine.with_state(dir.join("alerts").join("state.json"), &mut deriver.feed);
     }
-    let alerts_view = (!engine.is_empty()).then(|| engine.view());
+    let alerts_view = (!engine.is_empty() && opts.listen.is_some()).then(|| engine.view());
     let processor = Processor::new(parser, deriver, selfm.clone())
         .with_sinks(sink_inputs)
         .with_alerts(engine);

@@ -297,6 +297,8 @@ pub struct Engine {
     horizon: i64,
     dispatch: Option<DispatchHandle>,
     view: SharedView,
+    /// Whether anyone reads `view` (a server runs): otherwise it is not kept up to date.
+    view_shared: bool,
     state_path: Option<PathBuf>,
     saved: Instant,
     /// Transitions so far (for the end-of-backfill report and tests).
@@ -344,6 +346,7 @@ impl Engine {
             horizon: 0,
             dispatch: None,
             view: SharedView::default(),
+            view_shared: false,
             state_path: None,
             saved: Instant::now(),
             fired: 0,
@@ -385,8 +388,9 @@ impl Engine {
         self
     }
 
-    /// The view `/alerts` serves.
-    pub fn view(&self) -> SharedView {
+    /// The view `/alerts` serves; kept up to date from now on.
+    pub fn view(&mut self) -> SharedView {
+        self.view_shared = true;
         self.view.clone()
     }
 
@@ -486,7 +490,7 @@ impl Engine {
         for i in 0..self.rules.len() {
             changed |= self.evaluate_rule(i, feed, now);
         }
-        if changed {
+        if changed && self.view_shared {
             self.publish(now);
         }
     }

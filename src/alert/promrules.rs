@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::expr::{format_duration, Arith, Func, RuleExpr};
+use super::expr::{format_duration, Arith, Cmp, Func, RuleExpr};
 use super::notify::Severity;
 use super::template::Template;
 use crate::derive::MetricKind;
@@ -31,6 +31,8 @@ pub struct MetricInfo<'a> {
     /// A counter that adds 1 per matching event (no `value` field).
     pub counts_events: bool,
     pub label_names: &'a [String],
+    /// Histogram bucket bounds (empty for other kinds).
+    pub buckets: &'a [f64],
 }
 
 /// One alert rule, as [`render_rules`] writes it.
@@ -82,6 +84,31 @@ pub fn promql<'m>(
         metric,
     };
     let (body, _) = cx.arith(arith)?;
+    let mut cmp = *cmp;
+    // `histogram_quantile` answers at most the highest bucket bound, even when the quantile lies
+    // beyond it (weir's own quantiles do not have this limit).
+    if let Arith::Term {
+        func: Func::Quantile(_),
+        metric: name,
+        ..
+    } = arith
+    {
+        if let Some(top) = metric(name).and_then(|m| m.buckets.last().copied()) {
+            match cmp {
+                Cmp::Gt | Cmp::Ge if *threshold > top => {
+                    return Err(format!(
+                        "histogram_quantile never exceeds {name}'s highest bucket ({}); add a bucket above {}",
+                        number(top),
+                        number(*threshold)
+                    ))
+                }
+                // At the highest bound: Prometheus answers exactly that bound when the quantile
+                // lies in the +Inf bucket, so "over it" reads `>=`.
+                Cmp::Gt if *threshold == top => cmp = Cmp::Ge,
+                _ => {}
+            }
+        }
+    }
     Ok(format!("{body} {} {}", cmp.as_str(), number(*threshold)))
 }
 
@@ -389,6 +416,7 @@ mod tests {
             kind: m.kind,
             counts_events: m.counts_events,
             label_names: &m.labels,
+            buckets: &[0.1, 1.0, 60.0],
         })
     }
 
@@ -399,6 +427,15 @@ mod tests {
 
     fn ok(src: &str) -> String {
         q(src).unwrap_or_else(|e| panic!("{src}: {e}"))
+    }
+
+    #[test]
+    fn quantiles_at_or_past_the_highest_bucket() {
+        // The test table's histogram tops out at 60.
+        assert!(ok("p95(agent_task_duration_seconds) by () over 10m > 60").ends_with(") >= 60"));
+        assert!(ok("p95(agent_task_duration_seconds) by () over 10m > 30").ends_with(") > 30"));
+        let e = q("p95(agent_task_duration_seconds) by () over 10m > 90").unwrap_err();
+        assert!(e.contains("highest bucket (60)"), "{e}");
     }
 
     #[test]
@@ -454,13 +491,13 @@ mod tests {
         );
         // Without `by`, each series keeps its labels: the buckets are summed by all of them.
         assert_eq!(
-            ok(&format!("p95({h}) over 10m > 60 for 10m")),
-            format!("histogram_quantile(0.95, sum by (le, agent_id, status) (rate({h}_bucket[10m]))) > 60")
+            ok(&format!("p95({h}) over 10m > 50 for 10m")),
+            format!("histogram_quantile(0.95, sum by (le, agent_id, status) (rate({h}_bucket[10m]))) > 50")
         );
         assert_eq!(
-            ok(&format!("p99.9({h}) by (agent_id) over 10m > 60")),
+            ok(&format!("p99.9({h}) by (agent_id) over 10m > 50")),
             format!(
-                "histogram_quantile(0.999, sum by (le, agent_id) (rate({h}_bucket[10m]))) > 60"
+                "histogram_quantile(0.999, sum by (le, agent_id) (rate({h}_bucket[10m]))) > 50"
             )
         );
         assert_eq!(

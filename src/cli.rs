@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// Pass every line through to stdout (`app | weir run --stdout | tee app.log`).
     #[arg(long, conflicts_with = "oneshot")]
     pub stdout: bool,
+    /// Reload the pipeline file when it changes (SIGHUP and `POST /-/reload` always reload).
+    #[arg(long, requires = "config", conflicts_with = "oneshot")]
+    pub watch_config: bool,
     /// With --oneshot: also send the alerts' notifications (a backfill only reports them).
     #[arg(long, requires = "oneshot")]
     pub notify: bool,
@@ -330,6 +333,8 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         shutdown_timeout_secs: args.shutdown_timeout_secs,
         notify: args.notify,
+        config: args.config.clone(),
+        watch_config: args.watch_config,
     };
     runtime.block_on(topology::run(pipeline, opts, selfm.clone(), shutdown))?;
     if args.oneshot {

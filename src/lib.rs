@@ -20,6 +20,7 @@ pub mod derive;
 pub mod event;
 pub mod generate;
 pub mod parse;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod sink;

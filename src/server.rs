@@ -25,6 +25,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Pending and firing alerts; `None` when the pipeline has no alert rules.
     pub alerts: Option<SharedView>,
+    /// Where `POST /-/reload` asks for a reload; `None` when weir runs the embedded pipeline.
+    pub reload: Option<tokio::sync::mpsc::Sender<crate::reload::Request>>,
 }
 
 /// An error from a handler, as a 500 with its message.
@@ -87,8 +89,30 @@ async fn alerts(State(state): State<AppState>) -> Response {
     axum::Json(serde_json::json!({ "alerts": list })).into_response()
 }
 
+/// `POST /-/reload`: compiles the pipeline file again and switches to it; 200 with what
+/// changed, or 400 with where the file is wrong (the running pipeline is then unchanged).
+async fn reload(State(state): State<AppState>) -> (StatusCode, String) {
+    let Some(tx) = &state.reload else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "weir runs the embedded default pipeline: start it with --config FILE to reload\n"
+                .into(),
+        );
+    };
+    let (answer, rx) = tokio::sync::oneshot::channel();
+    if tx.send(answer).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match rx.await {
+        Ok(Ok(msg)) => (StatusCode::OK, format!("{msg}\n")),
+        Ok(Err(msg)) => (StatusCode::BAD_REQUEST, format!("{msg}\n")),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/-/reload", axum::routing::post(reload))
         .route("/alerts", get(alerts))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -116,6 +140,7 @@ mod tests {
             selfm,
             ready: Arc::new(AtomicBool::new(false)),
             alerts: None,
+            reload: None,
         };
         let app = router(state.clone());
         let res = app

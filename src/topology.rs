@@ -30,6 +30,7 @@ use crate::config::CompiledPipeline;
 use crate::derive::Deriver;
 use crate::event::ParseIssue;
 use crate::parse::{line_text, LineParser};
+use crate::reload::{self, Reload};
 use crate::server::{self, AppState};
 use crate::sink::{self, AckToken, SinkConfig as SinkCfg, SinkEvent, SinkInput};
 use crate::source::{self, LineBatch, SourceConfig};
@@ -67,6 +68,10 @@ pub struct RunOptions {
     pub shutdown_timeout_secs: u64,
     /// `--notify`: a backfill (`--oneshot`) sends its alerts' notifications too.
     pub notify: bool,
+    /// The pipeline file, to reload (SIGHUP, `POST /-/reload`); `None`: the embedded default.
+    pub config: Option<PathBuf>,
+    /// `--watch-config`: reload when the file changes.
+    pub watch_config: bool,
 }
 
 /// Parse + derive, one batch at a time.
@@ -80,8 +85,10 @@ pub struct Processor {
     sinks: Vec<SinkInput>,
     /// Arrival sequence, for the ids of lines that have no file position.
     seq: u64,
-    /// Alert rules; `None` when the pipeline has none.
+    /// Alert rules (possibly none); `None` only before `with_alerts`.
     alerts: Option<Engine>,
+    /// The registry `/metrics` serves, where a reload swaps changed metrics.
+    live: Option<prometheus::Registry>,
 }
 
 impl Processor {
@@ -95,13 +102,45 @@ impl Processor {
             sinks: Vec::new(),
             seq: 0,
             alerts: None,
+            live: None,
         }
     }
 
     /// Evaluates these alert rules (their windows are in the deriver's feed).
     pub fn with_alerts(mut self, engine: Engine) -> Self {
-        self.alerts = (!engine.is_empty()).then_some(engine);
+        self.alerts = Some(engine);
         self
+    }
+
+    /// The registry the derived metrics are served from (for reloads).
+    pub fn with_registry(mut self, live: prometheus::Registry) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    /// Switches to a reloaded pipeline between two batches; see [`crate::reload`].
+    pub fn reload(&mut self, r: Reload) {
+        let Reload {
+            parser,
+            mut deriver,
+            mut engine,
+            done,
+        } = r;
+        if let Some(old) = self.alerts.take() {
+            engine.take_over(old, &self.deriver.feed, &mut deriver.feed);
+        }
+        let rules = engine.rules().len();
+        let old = std::mem::replace(&mut self.deriver, deriver);
+        let live = self.live.clone().unwrap_or_default();
+        let (kept, changed, removed) = self.deriver.take_over(old, &live);
+        self.parser = parser;
+        self.alerts = Some(engine);
+        let _ = done.send(reload::Summary {
+            kept,
+            changed,
+            removed,
+            rules,
+        });
     }
 
     /// The alert engine, once processing is over (for a backfill's report).
@@ -275,6 +314,7 @@ impl Processor {
     fn spawn(
         mut self,
         mut rx: mpsc::Receiver<LineBatch>,
+        mut reloads: mpsc::Receiver<Reload>,
         fill: prometheus::IntGauge,
     ) -> std::io::Result<std::thread::JoinHandle<Option<Engine>>> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -305,6 +345,7 @@ impl Processor {
                                 drop(batch);
                                 self.fan_out(out).await;
                             }
+                            Some(r) = reloads.recv() => self.reload(r),
                             _ = alert_every.tick() => self.tick_alerts(),
                             _ = every.tick() => {
                                 let expired = self.deriver.expire(self.tick());
@@ -355,6 +396,7 @@ pub async fn run(
     selfm: SelfMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let fixed = reload::fixed_parts(&pipeline);
     let CompiledPipeline {
         parser,
         deriver,
@@ -434,12 +476,31 @@ pub async fn run(
     if let Some(dir) = &data_dir {
         engine = engine.with_state(dir.join("alerts").join("state.json"), &mut deriver.feed);
     }
-    let alerts_view = (!engine.is_empty() && opts.listen.is_some()).then(|| engine.view());
+    let alerts_view = opts.listen.is_some().then(|| engine.view());
     let processor = Processor::new(parser, deriver, selfm.clone())
         .with_sinks(sink_inputs)
-        .with_alerts(engine);
+        .with_alerts(engine)
+        .with_registry(registry.clone());
+    // Reloads (live, from a file): SIGHUP, POST /-/reload, --watch-config.
+    let (reload_tx, reload_rx) = mpsc::channel::<Reload>(1);
+    let reload_requests = match (&opts.config, opts.oneshot) {
+        (Some(path), false) => {
+            let (tx, requests) = mpsc::channel::<reload::Request>(4);
+            tokio::spawn(reload::run(
+                path.clone(),
+                fixed,
+                opts.watch_config,
+                selfm.clone(),
+                reload_tx,
+                requests,
+                shutdown.clone(),
+            ));
+            Some(tx)
+        }
+        _ => None,
+    };
     let processing = processor
-        .spawn(rx, fill)
+        .spawn(rx, reload_rx, fill)
         .context("cannot start the processing thread")?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -456,6 +517,7 @@ pub async fn run(
                 selfm: selfm.clone(),
                 ready: ready.clone(),
                 alerts: alerts_view.clone(),
+                reload: reload_requests.clone(),
             });
             let stop = server_stop.clone();
             Some(tokio::spawn(async move {
@@ -556,7 +618,7 @@ pub async fn run(
         .await
         .context("joining the processing thread")?
         .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
-    if let (Some(e), true) = (&engine, opts.oneshot) {
+    if let (Some(e), true) = (engine.as_ref().filter(|e| !e.is_empty()), opts.oneshot) {
         let (fired, resolved) = e.counts();
         let firing = e
             .rules()

@@ -701,11 +701,60 @@ impl Engine {
         }
     }
 
-    /// Writes the state file (wall clock with a data_dir only).
-    pub fn save(&mut self, feed: &Feed) {
-        self.saved = Instant::now();
-        let Some(path) = &self.state_path else { return };
-        let state = SavedState {
+    /// Takes over from `old` after a reload: its clock, notifier handle, `/alerts` view and
+    /// state file, and the alerts and windows of every rule whose name and expression did not
+    /// change (so they neither fire again nor forget their window). `old_feed` is the old
+    /// deriver's feed, `feed` the new one.
+    pub fn take_over(&mut self, mut old: Engine, old_feed: &Feed, feed: &mut Feed) {
+        let saved = old.snapshot(old_feed);
+        self.restore(saved, feed);
+        for m in &old.metrics {
+            m.firing.set(0);
+            m.pending.set(0);
+        }
+        self.clock = old.clock;
+        self.current = old.current;
+        self.horizon = self.rules.iter().map(|r| r.reach(feed)).max().unwrap_or(0);
+        self.dispatch = old.dispatch.take();
+        self.view = old.view.clone();
+        self.view_shared = old.view_shared;
+        self.state_path = old.state_path.take();
+        self.fired = old.fired;
+        self.resolved = old.resolved;
+        self.history = old.history.take();
+        for r in &self.rules {
+            if let RuleKind::Absent { index, .. } = r.kind {
+                if r.group_labels.is_empty() {
+                    if let Some(now) = self.current {
+                        feed.absent[index]
+                            .seen
+                            .entry(GroupKey(Box::new([])))
+                            .or_insert(now);
+                    }
+                }
+            }
+        }
+        if let Some(now) = self.current {
+            for i in 0..self.rules.len() {
+                let r = &self.rules[i];
+                let firing = r
+                    .states
+                    .values()
+                    .filter(|s| s.firing_since.is_some())
+                    .count();
+                self.metrics[i].firing.set(firing as i64);
+                self.metrics[i]
+                    .pending
+                    .set((r.states.len() - firing) as i64);
+            }
+            if self.view_shared {
+                self.publish(now);
+            }
+        }
+    }
+
+    fn snapshot(&self, feed: &Feed) -> SavedState {
+        SavedState {
             version: 1,
             rules: self
                 .rules
@@ -741,7 +790,14 @@ impl Engine {
                     },
                 })
                 .collect(),
-        };
+        }
+    }
+
+    /// Writes the state file (wall clock with a data_dir only).
+    pub fn save(&mut self, feed: &Feed) {
+        self.saved = Instant::now();
+        let Some(path) = &self.state_path else { return };
+        let state = self.snapshot(feed);
         if let Err(e) = write_atomic(path, &state) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save alert state");
         }

@@ -415,13 +415,13 @@ labels = { team = "agents" }
         .compile("t.toml", &text, &selfm)
         .unwrap();
     let mut engine = Engine::new(p.rules, &selfm);
+    let view = engine.view();
     engine.start(&mut p.deriver.feed, T0);
     let line = json!({"depth": 130, "queue": "q1"}).to_string();
     let ev = p.parser.parse(&line, 0, &mut |_| {});
     p.deriver.feed.now = T0;
     p.deriver.apply(&ev, 0);
     engine.evaluate(&mut p.deriver.feed, T0);
-    let view = engine.view();
     let v = view.read().unwrap().clone();
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].state, "pending");

@@ -164,6 +164,8 @@ pub struct CompiledMetric {
     pub expire_after_secs: u64,
     /// Alert terms (indexes in [`Feed::terms`]) that record this metric's updates.
     pub watchers: Vec<usize>,
+    /// [`MetricConfig::definition`], to match metrics across a reload.
+    pub definition: String,
 }
 
 fn valid_metric_name(s: &str) -> bool {
@@ -200,6 +202,34 @@ pub fn compile_condition(
 }
 
 impl MetricConfig {
+    /// What the metric is, without where it is written: a reload keeps the series (and their
+    /// counts) of a metric whose definition did not change.
+    pub fn definition(&self) -> String {
+        let pair = self.pair.as_ref().map(|p| {
+            (
+                p.start.get_ref().clone(),
+                p.key.clone(),
+                p.timeout_secs,
+                p.max_open,
+            )
+        });
+        format!(
+            "{:?}",
+            (
+                self.name.get_ref(),
+                self.kind,
+                &self.help,
+                self.when.as_ref().map(|w| w.get_ref()),
+                self.value.as_ref().map(|v| v.get_ref()),
+                self.labels.as_ref().map(|l| l.get_ref()),
+                self.buckets.as_ref().map(|b| b.get_ref()),
+                self.max_series,
+                self.expire_after_secs,
+                pair,
+            )
+        )
+    }
+
     /// Checks the metric and builds it, registering its family in `registry`. Pure: no I/O.
     pub fn compile(
         &self,
@@ -378,6 +408,7 @@ impl MetricConfig {
             errors,
             expire_after_secs: self.expire_after_secs,
             watchers: Vec::new(),
+            definition: self.definition(),
         })
     }
 }
@@ -462,6 +493,48 @@ impl Deriver {
 
     pub fn metrics(&self) -> &[CompiledMetric] {
         &self.metrics
+    }
+
+    /// Takes over from `old` after a reload: each metric whose definition did not change keeps
+    /// `old`'s series (so its counters continue); the others are swapped in `live` (the
+    /// registry `/metrics` serves): removed metrics unregistered, new or changed ones
+    /// registered. Returns (kept, replaced or added, removed) metric names.
+    pub fn take_over(
+        &mut self,
+        old: Deriver,
+        live: &prometheus::Registry,
+    ) -> (Vec<String>, Vec<String>, Vec<String>) {
+        let mut old_metrics = old.metrics;
+        let (mut kept, mut changed) = (Vec::new(), Vec::new());
+        for m in &mut self.metrics {
+            match old_metrics.iter().position(|o| o.name == m.name) {
+                Some(i) if old_metrics[i].definition == m.definition => {
+                    let o = old_metrics.swap_remove(i);
+                    m.series = o.series;
+                    kept.push(m.name.clone());
+                }
+                found => {
+                    if let Some(i) = found {
+                        let o = old_metrics.swap_remove(i);
+                        let _ = live.unregister(o.series.family().collector());
+                    }
+                    // The name is free in `live` now; an error would mean a clash with a
+                    // metric registered outside the pipeline, which compile rules out.
+                    if let Err(e) = live.register(m.series.family().collector()) {
+                        tracing::error!(metric = %m.name, error = %e, "cannot register reloaded metric");
+                    }
+                    changed.push(m.name.clone());
+                }
+            }
+        }
+        let removed = old_metrics
+            .into_iter()
+            .map(|o| {
+                let _ = live.unregister(o.series.family().collector());
+                o.name
+            })
+            .collect();
+        (kept, changed, removed)
     }
 
     /// Updates every metric whose condition `ev` matches. `tick` is whole seconds since start.

@@ -112,7 +112,23 @@ pub struct SeriesTable {
     active: prometheus::IntGauge,
 }
 
+impl Family {
+    /// The family as a collector, to register in (or remove from) a registry.
+    pub fn collector(&self) -> Box<dyn prometheus::core::Collector> {
+        match self {
+            Family::Counter(v) => Box::new(v.clone()),
+            Family::Gauge(v) => Box::new(v.clone()),
+            Family::Histogram(v) => Box::new(v.clone()),
+        }
+    }
+}
+
 impl SeriesTable {
+    /// The prometheus family the series belong to.
+    pub fn family(&self) -> &Family {
+        &self.family
+    }
+
     pub fn new(
         family: Family,
         label_count: usize,

@@ -101,6 +101,10 @@ pub struct ValidateArgs {
     /// Pipeline file to check.
     #[arg(long, short)]
     pub config: PathBuf,
+    /// Also print what the pipeline does: sources, event fields, metrics with their labels and
+    /// buckets, sinks, alerts and notifiers.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,7 +173,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_pipeline(args),
         Command::Validate(args) => {
             let selfm = SelfMetrics::new();
-            match config::load(Some(&args.config), &selfm) {
+            let text = match std::fs::read_to_string(&args.config) {
+                Ok(t) => t,
+                Err(source) => {
+                    return config_error(ConfigError::Read {
+                        path: args.config.clone(),
+                        source,
+                    })
+                }
+            };
+            let name = args.config.display().to_string();
+            let cfg = match config::PipelineConfig::parse(&name, &text) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            match cfg.compile(&name, &text, &selfm) {
                 Ok(p) => {
                     println!(
                         "{}: ok ({} metrics, {} alerts, {} notifiers)",
@@ -178,6 +196,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         p.rules.len(),
                         p.notifiers.len()
                     );
+                    if args.explain {
+                        print!("\n{}", crate::explain::explain(&cfg, &p));
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => config_error(e),

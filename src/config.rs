@@ -112,6 +112,30 @@ impl fmt::Display for Located {
     }
 }
 
+/// The closest of `names` to `wanted` (a misspelling), for "did you mean".
+pub fn closest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    names
+        .map(|n| (strsim::levenshtein(wanted, n), n))
+        .filter(|(d, n)| *d > 0 && *d <= (n.len().max(wanted.len()) / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n)
+}
+
+/// Adds "did you mean" to serde's "unknown field `whenn`, expected one of `when`, ..." and
+/// "unknown variant `countr`, expected one of `counter`, ...".
+fn with_hint(message: &str) -> String {
+    let hint = ["unknown field `", "unknown variant `"]
+        .iter()
+        .find_map(|p| {
+            let rest = message.split_once(p)?.1;
+            let (wanted, rest) = rest.split_once('`')?;
+            let expected = rest.split_once("expected")?.1;
+            let names = expected.split('`').skip(1).step_by(2);
+            closest(wanted, names).map(|c| format!("; did you mean `{c}`?"))
+        });
+    format!("{message}{}", hint.unwrap_or_default())
+}
+
 /// Places a byte offset of `text` as 1-based line and column (in characters).
 fn locate(path: &str, text: &str, offset: usize, message: String) -> Located {
     let offset = offset.min(text.len());
@@ -153,7 +177,7 @@ impl PipelineConfig {
     pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
-            ConfigError::Invalid(locate(path, text, at, e.message().trim().to_string()))
+            ConfigError::Invalid(locate(path, text, at, with_hint(e.message().trim())))
         })
     }
 
@@ -318,7 +342,19 @@ mod tests {
     #[test]
     fn bad_kind_and_syntax() {
         let e = err("[[metrics]]\nname = \"a\"\nkind = \"countr\"\n");
-        assert!(e.starts_with("p.toml:3:8: unknown variant `countr`, expected one of `counter`, `gauge`, `histogram`"), "{e}");
+        assert!(e.starts_with("p.toml:3:8: unknown variant `countr`, expected one of `counter`, `gauge`, `histogram`; did you mean `counter`?"), "{e}");
+        let e =
+            err("[[metrics]]\nname = \"a\"\nkind = \"counter\"\nwhenn = 'level == \"ERROR\"'\n");
+        assert!(
+            e.starts_with("p.toml:4:1: unknown field `whenn`, expected one of `name`, `kind`"),
+            "{e}"
+        );
+        assert!(e.contains("; did you mean `when`?"), "{e}");
+        // Nothing close: no guess.
+        let e = err("[[metrics]]\nname = \"a\"\nkind = \"counter\"\nzzzzzzzz = 1\n");
+        assert!(!e.contains("did you mean"), "{e}");
+        let e = err("[[sinks]]\ntype = \"lokii\"\n");
+        assert!(e.contains("did you mean `loki`?"), "{e}");
         let e = err("[[metrics]\n");
         assert!(e.starts_with("p.toml:1:"), "{e}");
     }

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod derive;
 pub mod event;
+pub mod explain;
 pub mod generate;
 pub mod parse;
 pub mod reload;

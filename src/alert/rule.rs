@@ -102,30 +102,6 @@ fn parse_template(
         .transpose()
 }
 
-/// Closest of `names` to `wanted`, for "did you mean".
-fn closest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    names
-        .map(|n| (strsim_like(wanted, n), n))
-        .filter(|(d, n)| *d <= (n.len().max(wanted.len()) / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, n)| n)
-}
-
-/// Levenshtein distance (small strings only: names in a pipeline file).
-fn strsim_like(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 impl AlertConfig {
     /// Compiles the rule; records its terms in `feed` and tells the watched metrics (by index
     /// in `metrics`) which terms to update.
@@ -181,9 +157,10 @@ impl AlertConfig {
             Some(n) => {
                 for target in n.get_ref() {
                     if !notifiers.contains_key(target) {
-                        let hint = closest(target, notifiers.keys().map(String::as_str))
-                            .map(|c| format!("; did you mean {c:?}?"))
-                            .unwrap_or_default();
+                        let hint =
+                            crate::config::closest(target, notifiers.keys().map(String::as_str))
+                                .map(|c| format!("; did you mean {c:?}?"))
+                                .unwrap_or_default();
                         let declared = if notifiers.is_empty() {
                             "none is declared (add a [notifiers.NAME] table)".to_string()
                         } else {
@@ -286,9 +263,10 @@ impl AlertConfig {
                 for (metric, func, offset) in &check_terms {
                     let here = at_byte(&self.expr, *offset);
                     let Some(mi) = metrics.iter().position(|m| &m.name == metric) else {
-                        let hint = closest(metric, metrics.iter().map(|m| m.name.as_str()))
-                            .map(|c| format!("; did you mean {c:?}?"))
-                            .unwrap_or_default();
+                        let hint =
+                            crate::config::closest(metric, metrics.iter().map(|m| m.name.as_str()))
+                                .map(|c| format!("; did you mean {c:?}?"))
+                                .unwrap_or_default();
                         return Err(CompileError::at(
                             here,
                             format!("alert {name:?}: unknown metric {metric:?}: rules watch metrics declared in [[metrics]]{hint}"),

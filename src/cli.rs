@@ -196,6 +196,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         p.rules.len(),
                         p.notifiers.len()
                     );
+                    // Notifiers read their secrets from the environment when weir starts; say
+                    // now which would stop it here.
+                    for (name, n) in &p.notifiers {
+                        if let Err(e) = n.build() {
+                            eprintln!("warning: notifier {name}: {e} (weir run refuses to start without it)");
+                        }
+                    }
                     if args.explain {
                         print!("\n{}", crate::explain::explain(&cfg, &p));
                     }

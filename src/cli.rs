@@ -1,4 +1,4 @@
-//! The command line: `weir run`, `weir validate`, `weir generate demo-logs`.
+//! The command line: `weir run`, `weir validate`, `weir test`, `weir generate demo-logs`.
 //!
 //! anyhow stops here: library errors are typed; this layer adds context and maps the outcome to
 //! an exit code (0 success, 1 runtime error, 2 invalid configuration or usage).
@@ -39,6 +39,13 @@ pub enum Command {
     Run(RunArgs),
     /// Check a pipeline file: exit 0, or print where it is wrong and exit 2.
     Validate(ValidateArgs),
+    /// Run the tests carried in pipeline files ([[tests]]): exit 0 when all pass, 1 if not.
+    ///
+    /// Each test feeds its input lines through the pipeline (parse, metrics, alert rules on the
+    /// lines' own timestamps), without network or server, and compares metric values, event
+    /// fields and alerts with what it expects. Exit 0 when all pass, 1 when one fails, 2 when a
+    /// file is invalid (printed as file:line:column).
+    Test(TestArgs),
     /// Generate data.
     #[command(subcommand)]
     Generate(GenerateCommand),
@@ -94,6 +101,13 @@ pub struct RunArgs {
     /// end). Without any, weir reads stdin.
     #[arg(value_name = "FILE_OR_GLOB")]
     pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Pipeline files whose [[tests]] to run.
+    #[arg(long, short, required = true, num_args = 1.., value_name = "FILE")]
+    pub config: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +185,7 @@ pub fn listen_addr(flag: Option<&str>, env_port: Option<&str>) -> anyhow::Result
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_pipeline(args),
+        Command::Test(args) => run_tests(&args),
         Command::Validate(args) => {
             let selfm = SelfMetrics::new();
             let text = match std::fs::read_to_string(&args.config) {
@@ -312,6 +327,33 @@ fn cli_sinks(loki: Option<&str>, es: Option<&str>) -> anyhow::Result<Vec<crate::
 fn config_error(e: ConfigError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
     Ok(ExitCode::from(2))
+}
+
+/// `weir test`: each file's report on stdout, config errors on stderr. Exit 2 if a file is
+/// invalid, else 1 if a test failed, else 0.
+fn run_tests(args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let mut code = 0u8;
+    let mut out = std::io::stdout().lock();
+    for (i, path) in args.config.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        match crate::pipeline_test::run_file(path) {
+            Ok(report) => {
+                write!(out, "{report}")?;
+                if report.failed() > 0 {
+                    code = code.max(1);
+                }
+            }
+            Err(e) => {
+                out.flush()?;
+                eprintln!("error: {e}");
+                code = 2;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::from(code))
 }
 
 fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {

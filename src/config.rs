@@ -55,6 +55,9 @@ pub struct PipelineConfig {
     /// Where alerts are sent (`[notifiers.NAME]`).
     #[serde(default)]
     pub notifiers: BTreeMap<String, NotifierConfig>,
+    /// Unit tests of the pipeline (`[[tests]]`), run by `weir test`; ignored by `weir run`.
+    #[serde(default)]
+    pub tests: Vec<crate::pipeline_test::TestConfig>,
 }
 
 /// An error in a part of the file, located by byte span; [`ConfigError::Invalid`] once placed.
@@ -137,7 +140,7 @@ fn with_hint(message: &str) -> String {
 }
 
 /// Places a byte offset of `text` as 1-based line and column (in characters).
-fn locate(path: &str, text: &str, offset: usize, message: String) -> Located {
+pub(crate) fn locate(path: &str, text: &str, offset: usize, message: String) -> Located {
     let offset = offset.min(text.len());
     let offset = (0..=offset)
         .rev()

@@ -11,6 +11,7 @@
 //! - [`alert`]: notifiers (Slack, webhook, PagerDuty, Alertmanager, email); rules to come.
 //! - [`server`]: `/metrics`, `/health`, `/ready`. [`telemetry`]: weir's own logs and metrics.
 //! - [`config`]: pipeline files, loaded and compiled; [`cli`]: the command line.
+//! - [`pipeline_test`]: `weir test`, the unit tests carried in pipeline files (`[[tests]]`).
 //! - [`generate`]: deterministic demo logs of the agent system.
 
 pub mod alert;
@@ -21,6 +22,7 @@ pub mod event;
 pub mod explain;
 pub mod generate;
 pub mod parse;
+pub mod pipeline_test;
 pub mod reload;
 pub mod server;
 pub mod shutdown;

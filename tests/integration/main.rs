@@ -7,6 +7,7 @@ mod delivery;
 mod elasticsearch;
 mod file;
 mod loki;
+mod pipeline_tests;
 mod reload;
 #[path = "../support/mod.rs"]
 mod support;

@@ -486,6 +486,11 @@ fn warnings(cfg: &PipelineConfig, cases: &[Case]) -> Vec<String> {
             uses.push((format!("alert {:?}", a.name.get_ref()), paths));
         }
     }
+    // Every field path the inputs have, for "did you mean".
+    let mut known = BTreeSet::new();
+    for p in cases.iter().flat_map(|c| &c.parsed) {
+        collect_paths(&p.json, "", &mut known);
+    }
     let mut out = Vec::new();
     for (what, paths) in uses {
         let mut seen = BTreeSet::new();
@@ -498,11 +503,31 @@ fn warnings(cfg: &PipelineConfig, cases: &[Case]) -> Vec<String> {
                 .flat_map(|c| &c.parsed)
                 .any(|p| lookup(&p.json, &path).is_some_and(|v| !v.is_null()));
             if !present {
-                out.push(format!("{what} uses field {path}, which no test input has"));
+                let hint = crate::config::closest(&path, known.iter().map(String::as_str))
+                    .map(|c| format!(" (did you mean {c}?)"))
+                    .unwrap_or_default();
+                out.push(format!(
+                    "{what} uses field {path}, which no test input has{hint}"
+                ));
             }
         }
     }
     out
+}
+
+/// Every dotted path to a value in `v` (objects walked, arrays not).
+fn collect_paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, v) in map {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            collect_paths(v, &path, out);
+            out.insert(path);
+        }
+    }
 }
 
 /// Runs the tests of the pipeline file at `path`. Errors: the file cannot be read, or it (or a

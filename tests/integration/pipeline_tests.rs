@@ -173,7 +173,7 @@ labels = { peer = "metadata.peer" }
 
 [[tests]]
 name = "a send is counted"
-input = ['{"message":"sent","metadata":{"bytes":10}}']
+input = ['{"message":"sent","metadata":{"bytes":10,"peers":"a"}}']
 [tests.expect.metrics]
 bytes_sent_total = 10
 "#;
@@ -183,7 +183,7 @@ bytes_sent_total = 10
     assert_eq!(
         stdout(&out),
         "warn.toml: 1 test\n  ok    a send is counted\n1 passed, 0 failed\n\
-         warning: metric \"bytes_sent_total\" uses field metadata.peer, which no test input has\n"
+         warning: metric \"bytes_sent_total\" uses field metadata.peer, which no test input has (did you mean metadata.peers?)\n"
     );
 }
 

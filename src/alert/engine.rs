@@ -299,6 +299,8 @@ pub struct Engine {
     view: SharedView,
     /// Whether anyone reads `view` (a server runs): otherwise it is not kept up to date.
     view_shared: bool,
+    /// The view must be rebuilt at the next evaluation even if nothing changes (restored state).
+    stale_view: bool,
     state_path: Option<PathBuf>,
     saved: Instant,
     /// Transitions so far (for the end-of-backfill report and tests).
@@ -347,6 +349,7 @@ impl Engine {
             dispatch: None,
             view: SharedView::default(),
             view_shared: false,
+            stale_view: true,
             state_path: None,
             saved: Instant::now(),
             fired: 0,
@@ -490,8 +493,9 @@ impl Engine {
         for i in 0..self.rules.len() {
             changed |= self.evaluate_rule(i, feed, now);
         }
-        if changed && self.view_shared {
+        if (changed || self.stale_view) && self.view_shared {
             self.publish(now);
+            self.stale_view = false;
         }
     }
 

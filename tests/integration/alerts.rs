@@ -660,3 +660,93 @@ fn validate_checks_alert_rules() {
         "{err}"
     );
 }
+
+/// Live state survives a restart (`--data-dir`): the firing alert is listed again at once and
+/// not notified a second time; the restored window still resolves it later.
+#[test]
+fn a_firing_alert_survives_a_restart_without_a_second_notification() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = webhook::start();
+    let config = dir.path().join("p.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[metrics]]
+name = "fail_total"
+kind = "counter"
+when = 'message == "fail"'
+labels = {{ agent = "agent" }}
+
+[[alerts]]
+name = "Failures"
+expr = "count(fail_total) by (agent) over 8s > 2"
+
+[notifiers.hook]
+type = "webhook"
+url = "{}/hook"
+"#,
+            hook.url()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let config_arg = config.display().to_string();
+    let args = ["--config", config_arg.as_str(), "--data-dir", data.as_str()];
+    let firing = |h: &webhook::WebhookReceiver| {
+        h.received()
+            .iter()
+            .filter(|d| d["status"] == "firing")
+            .count()
+    };
+    let mut first = crate::util::spawn_weir(&args);
+    {
+        let input = first.child.stdin.as_mut().unwrap();
+        for _ in 0..3 {
+            writeln!(input, "{}", json!({"message": "fail", "agent": "a"})).unwrap();
+        }
+        input.flush().unwrap();
+    }
+    wait_for(
+        Duration::from_secs(20),
+        || (firing(&hook) == 1).then_some(()),
+        || format!("never notified: {:?}", hook.received()),
+    );
+    // SIGTERM: the state is saved on the way out.
+    assert!(Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(first.child.wait().unwrap().success());
+    assert!(dir.path().join("data/alerts/state.json").exists());
+
+    let second = crate::util::spawn_weir(&args);
+    let (_, view) = get_json(&format!("http://{}/alerts", second.addr)).unwrap();
+    let listed = || {
+        get_json(&format!("http://{}/alerts", second.addr))
+            .map(|(_, v)| v["alerts"].as_array().cloned().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    // Listed as firing once the first second is evaluated, with the original start.
+    let alerts = wait_for(
+        Duration::from_secs(10),
+        || Some(listed()).filter(|a| !a.is_empty()),
+        || format!("not restored: {view}"),
+    );
+    assert_eq!(alerts[0]["state"], "firing", "{alerts:?}");
+    assert_eq!(alerts[0]["labels"]["agent"], "a");
+    // Not notified again; and once the 8 s window has passed, resolved (the window came back
+    // with the state: without it the count would be 0 at once).
+    wait_for(
+        Duration::from_secs(30),
+        || {
+            hook.received()
+                .iter()
+                .any(|d| d["status"] == "resolved")
+                .then_some(())
+        },
+        || format!("never resolved: {:?}", hook.received()),
+    );
+    assert_eq!(firing(&hook), 1, "{:?}", hook.received());
+}

@@ -1,4 +1,5 @@
-//! The command line: `weir run`, `weir validate`, `weir test`, `weir generate demo-logs`.
+//! The command line: `weir run`, `weir validate`, `weir test`, `weir generate`, `weir health`,
+//! `weir tap`.
 //!
 //! anyhow stops here: library errors are typed; this layer adds context and maps the outcome to
 //! an exit code (0 success, 1 runtime error, 2 invalid configuration or usage).
@@ -49,6 +50,10 @@ pub enum Command {
     /// Generate data.
     #[command(subcommand)]
     Generate(GenerateCommand),
+    /// Watch the events flowing through a running weir, as JSON lines on stdout.
+    Tap(TapArgs),
+    /// Exit 0 if a running weir answers GET /health, else 1 (for container health checks).
+    Health(HealthArgs),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +116,37 @@ pub struct TestArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct TapArgs {
+    /// The running weir's HTTP address. Default: 127.0.0.1:$METRICS_PORT, else 127.0.0.1:9090.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Only events matching this condition (the pipeline's condition language), e.g.
+    /// 'level == "ERROR" && component == "EventBus"'. Any field may be named.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Only events of this source: `stdin`, a file source's path or glob as configured,
+    /// `tcp:ADDR` (the address the TCP source listens on).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// At most this many events a second, up to 1000 (the rest are counted as dropped).
+    #[arg(long, default_value_t = crate::tap::DEFAULT_RATE)]
+    pub rate: f64,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The running weir's HTTP address. Default: 127.0.0.1:$METRICS_PORT, else 127.0.0.1:9090.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// Pipeline file to check.
     #[arg(long, short)]
@@ -128,6 +164,20 @@ pub enum GenerateCommand {
     /// Prometheus alerting rules (YAML) equivalent to a pipeline's [[alerts]], for
     /// `rule_files`; rules Prometheus cannot express are listed as comments.
     PrometheusRules(PrometheusRulesArgs),
+    /// A Grafana dashboard (JSON) for the metrics a pipeline declares: one panel per metric
+    /// (counters as rates, gauges as they are, histograms as p50/p95/p99) and a variable per
+    /// label.
+    GrafanaDashboard(GrafanaDashboardArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GrafanaDashboardArgs {
+    /// Pipeline file. Default: the embedded pipelines/agents.toml.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Output file. Default: stdout.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +236,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_pipeline(args),
         Command::Test(args) => run_tests(&args),
+        Command::Tap(args) => run_tap(args),
+        Command::Health(args) => run_health(&args),
+        Command::Generate(GenerateCommand::GrafanaDashboard(a)) => grafana_dashboard(&a),
         Command::Validate(args) => {
             let selfm = SelfMetrics::new();
             let text = match std::fs::read_to_string(&args.config) {
@@ -302,14 +355,111 @@ pub fn prometheus_rules(p: &config::CompiledPipeline) -> String {
         })
         .collect();
     // `weir-agents` for pipelines/agents.toml (embedded or not), `weir-my` for my.toml.
-    let stem = p
-        .origin
+    let stem = pipeline_stem(&p.origin);
+    render_rules(&format!("weir-{stem}"), &rules, &lookup)
+}
+
+/// `weir generate grafana-dashboard`: the dashboard of a pipeline's metrics, with each
+/// metric's help text from the file.
+fn grafana_dashboard(a: &GrafanaDashboardArgs) -> anyhow::Result<ExitCode> {
+    use crate::dashboard::{self, DashboardMetric};
+    let selfm = SelfMetrics::new();
+    let (name, text) = match &a.config {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(t) => (path.display().to_string(), t),
+            Err(source) => {
+                let path = path.clone();
+                return config_error(ConfigError::Read { path, source });
+            }
+        },
+        None => (
+            config::DEFAULT_PIPELINE_NAME.to_string(),
+            config::DEFAULT_PIPELINE.to_string(),
+        ),
+    };
+    let cfg = match config::PipelineConfig::parse(&name, &text) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    let p = match cfg.compile(&name, &text, &selfm) {
+        Ok(p) => p,
+        Err(e) => return config_error(e),
+    };
+    let metrics: Vec<DashboardMetric<'_>> = p
+        .deriver
+        .metrics()
+        .iter()
+        .map(|m| DashboardMetric {
+            name: &m.name,
+            kind: m.kind,
+            help: cfg
+                .metrics
+                .iter()
+                .find(|c| *c.name.get_ref() == m.name)
+                .and_then(|c| c.help.as_deref()),
+            label_names: &m.label_names,
+            counts_events: m.counts_events(),
+        })
+        .collect();
+    let origin = a
+        .config
+        .as_ref()
+        .map_or("pipelines/agents.toml".into(), |p| p.display().to_string());
+    let board = dashboard::grafana_dashboard(pipeline_stem(&p.origin), &origin, &metrics);
+    let text = dashboard::render(&board);
+    match &a.output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The file stem of a pipeline's origin: `agents` for pipelines/agents.toml, embedded or not.
+fn pipeline_stem(origin: &str) -> &str {
+    origin
         .trim_end_matches('>')
         .rsplit(['/', '\\', ' '])
         .next()
         .unwrap_or("pipeline")
-        .trim_end_matches(".toml");
-    render_rules(&format!("weir-{stem}"), &rules, &lookup)
+        .trim_end_matches(".toml")
+}
+
+/// `weir health`: GET /health of a running weir; exit 0 on a 2xx, 1 otherwise (said on stderr).
+/// The container image's HEALTHCHECK, where no shell or curl exists.
+fn run_health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
+    let addr = match &args.addr {
+        Some(a) => a.clone(),
+        None => {
+            let port = std::env::var("METRICS_PORT").unwrap_or_else(|_| "9090".into());
+            format!("127.0.0.1:{}", port.trim())
+        }
+    };
+    let url = format!("http://{addr}/health");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let timeout = std::time::Duration::from_secs(args.timeout_secs);
+    let answer = runtime.block_on(async {
+        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        client.get(&url).send().await
+    });
+    match answer {
+        Ok(r) if r.status().is_success() => Ok(ExitCode::SUCCESS),
+        Ok(r) => {
+            eprintln!("unhealthy: {url} answered {}", r.status());
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {:#}", anyhow::Error::from(e));
+            Ok(ExitCode::from(1))
+        }
+    }
 }
 
 /// The sinks of `--loki` and `--elasticsearch`, with every other setting at its default.
@@ -327,6 +477,85 @@ fn cli_sinks(loki: Option<&str>, es: Option<&str>) -> anyhow::Result<Vec<crate::
 fn config_error(e: ConfigError) -> anyhow::Result<ExitCode> {
     eprintln!("error: {e}");
     Ok(ExitCode::from(2))
+}
+
+/// `weir tap`: streams `GET /tap` to stdout, a line at a time; the tap's notes go to stderr as
+/// text. Exit 0 at `--limit`, on Ctrl-C or when weir goes away; 2 when weir refuses the filter
+/// or the rate (its message on stderr); 1 when weir cannot be reached.
+fn run_tap(args: TapArgs) -> anyhow::Result<ExitCode> {
+    let addr = match args.addr {
+        Some(a) => a,
+        None => {
+            let port = std::env::var("METRICS_PORT").unwrap_or_else(|_| "9090".into());
+            format!("127.0.0.1:{}", port.trim())
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        let mut query = vec![("rate", args.rate.to_string())];
+        if let Some(f) = &args.filter {
+            query.push(("filter", f.clone()));
+        }
+        if let Some(s) = &args.source {
+            query.push(("source", s.clone()));
+        }
+        let mut resp = reqwest::Client::new()
+            .get(format!("http://{addr}/tap"))
+            .query(&query)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach weir at {addr}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            eprintln!("error: weir answered {status}: {}", text.trim_end());
+            let refused = status == reqwest::StatusCode::BAD_REQUEST;
+            return Ok(ExitCode::from(if refused { 2 } else { 1 }));
+        }
+        let stream = async {
+            let mut out = std::io::stdout().lock();
+            let (mut pending, mut seen) = (Vec::new(), 0u64);
+            // An error mid-stream is weir going away: the tap ends as at the stream's end.
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                pending.extend_from_slice(&chunk);
+                while let Some(nl) = memchr::memchr(b'\n', &pending) {
+                    let line: Vec<u8> = pending.drain(..=nl).collect();
+                    let text = String::from_utf8_lossy(&line[..nl]);
+                    if let Some(note) = tap_note(&text) {
+                        eprintln!("{note}");
+                        continue;
+                    }
+                    writeln!(out, "{text}")?;
+                    out.flush()?;
+                    seen += 1;
+                    if args.limit.is_some_and(|l| seen >= l) {
+                        return Ok(());
+                    }
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::select! {
+            r = stream => r?,
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A `{"tap": {"dropped": n, "skipped": m}}` line of `GET /tap`, as text for people.
+fn tap_note(line: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let note = v.get("tap")?;
+    let n = |k: &str| note.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    Some(format!(
+        "tap: {} events dropped (rate limit), {} lines skipped (more than 20 × rate a second)",
+        n("dropped"),
+        n("skipped")
+    ))
 }
 
 /// `weir test`: each file's report on stdout, config errors on stderr. Exit 2 if a file is

@@ -164,6 +164,8 @@ pub struct CompiledPipeline {
     /// Where the pipeline came from, for logs.
     pub origin: String,
     pub parser: LineParser,
+    /// `[event]`, for parsers of its own (`weir tap`).
+    pub event: EventConfig,
     pub deriver: Deriver,
     /// The registry holding the derived metrics (weir's own are in [`SelfMetrics`]).
     pub registry: Registry,
@@ -269,6 +271,7 @@ impl PipelineConfig {
         Ok(CompiledPipeline {
             origin: path.to_string(),
             parser: event_paths.into_parser(trie),
+            event: self.event.clone(),
             deriver: Deriver::new(metrics).with_feed(feed),
             registry,
             sources: self.sources.clone(),

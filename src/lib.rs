@@ -10,13 +10,16 @@
 //! - [`sink`]: Loki, Elasticsearch, stdout, file: batching, retries, dead letters, disk buffer.
 //! - [`alert`]: notifiers (Slack, webhook, PagerDuty, Alertmanager, email); rules to come.
 //! - [`server`]: `/metrics`, `/health`, `/ready`. [`telemetry`]: weir's own logs and metrics.
+//! - [`tap`]: `weir tap`, the live events of a running weir (filtered, rate-limited).
 //! - [`config`]: pipeline files, loaded and compiled; [`cli`]: the command line.
 //! - [`pipeline_test`]: `weir test`, the unit tests carried in pipeline files (`[[tests]]`).
 //! - [`generate`]: deterministic demo logs of the agent system.
+//! - [`dashboard`]: `weir generate grafana-dashboard`, a Grafana dashboard for a pipeline's metrics.
 
 pub mod alert;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod derive;
 pub mod event;
 pub mod explain;
@@ -28,6 +31,7 @@ pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod source;
+pub mod tap;
 pub mod telemetry;
 pub mod topology;
 

@@ -32,6 +32,8 @@ pub struct Reload {
     pub parser: LineParser,
     pub deriver: Deriver,
     pub engine: Engine,
+    /// `[event]`, for the parsers of `weir tap` opened after the reload.
+    pub event: crate::parse::EventConfig,
     /// The processor answers with what changed.
     pub done: oneshot::Sender<Summary>,
 }
@@ -137,6 +139,7 @@ async fn reload_once(
             parser: p.parser,
             engine: Engine::new(p.rules, selfm).with_clock(Clock::Wall),
             deriver: p.deriver,
+            event: p.event,
             done,
         })
         .await

@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text format 0.0.4), `/health`, `/ready`, `/alerts`.
+//! The HTTP endpoint: `/metrics` (Prometheus text format 0.0.4), `/health`, `/ready`, `/alerts`,
+//! `/tap` (the live events for `weir tap`, see [`crate::tap`]).
 //!
 //! The derived metrics and weir's own live in two registries (so a pipeline can never shadow a
 //! `weir_*` name); `/metrics` encodes both. Handlers only read atomics: a scrape never blocks the
@@ -27,6 +28,8 @@ pub struct AppState {
     pub alerts: Option<SharedView>,
     /// Where `POST /-/reload` asks for a reload; `None` when weir runs the embedded pipeline.
     pub reload: Option<tokio::sync::mpsc::Sender<crate::reload::Request>>,
+    /// `weir tap` subscriptions.
+    pub tap: Option<Arc<crate::tap::TapHub>>,
 }
 
 /// An error from a handler, as a 500 with its message.
@@ -110,8 +113,32 @@ async fn reload(State(state): State<AppState>) -> (StatusCode, String) {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct TapQuery {
+    filter: Option<String>,
+    source: Option<String>,
+    rate: Option<f64>,
+}
+
+/// `GET /tap?filter=EXPR&source=NAME&rate=N`: the events passing, as a stream of JSON lines
+/// (see [`crate::tap`]); 400 with the column for a bad filter.
+async fn tap(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<TapQuery>,
+) -> Result<Response, crate::tap::TapError> {
+    let hub = state.tap.as_ref().ok_or(crate::tap::TapError::Off)?;
+    let rate = q.rate.unwrap_or(crate::tap::DEFAULT_RATE);
+    let sub = hub.subscribe(q.filter.as_deref(), q.source, rate)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(sub.into_stream()),
+    )
+        .into_response())
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/tap", get(tap))
         .route("/-/reload", axum::routing::post(reload))
         .route("/alerts", get(alerts))
         .route("/metrics", get(metrics))
@@ -141,6 +168,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             alerts: None,
             reload: None,
+            tap: None,
         };
         let app = router(state.clone());
         let res = app

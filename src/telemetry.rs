@@ -74,6 +74,8 @@ pub struct SelfMetrics {
     pub alert_notification_queue: IntGaugeVec,
     /// Pipeline reloads by result (ok, error).
     pub config_reloads: IntCounterVec,
+    /// `weir tap` clients connected now.
+    pub taps_active: IntGauge,
 }
 
 fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
@@ -231,6 +233,7 @@ impl SelfMetrics {
             alert_notifications: counter_vec(&reg, "weir_alert_notifications_total", "Notifications by notifier and result (sent, failed, dropped).", &["notifier", "result"]),
             alert_notification_retries: counter_vec(&reg, "weir_alert_notification_retries_total", "Notification attempts that failed and were tried again.", &["notifier"]),
             alert_notification_queue: gauge_vec(&reg, "weir_alert_notification_queue", "Notifications waiting to be sent, by notifier.", &["notifier"]),
+            taps_active: gauge(&reg, "weir_taps_active", "weir tap clients connected now."),
             config_reloads: {
                 let v = counter_vec(&reg, "weir_config_reloads_total", "Pipeline reloads by result (ok, error).", &["result"]);
                 v.with_label_values(&["ok"]);

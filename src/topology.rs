@@ -34,6 +34,7 @@ use crate::reload::{self, Reload};
 use crate::server::{self, AppState};
 use crate::sink::{self, AckToken, SinkConfig as SinkCfg, SinkEvent, SinkInput};
 use crate::source::{self, LineBatch, SourceConfig};
+use crate::tap::TapHub;
 use crate::telemetry::SelfMetrics;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -89,6 +90,8 @@ pub struct Processor {
     alerts: Option<Engine>,
     /// The registry `/metrics` serves, where a reload swaps changed metrics.
     live: Option<prometheus::Registry>,
+    /// `weir tap` subscriptions, offered every batch.
+    tap: Option<Arc<TapHub>>,
 }
 
 impl Processor {
@@ -103,7 +106,14 @@ impl Processor {
             seq: 0,
             alerts: None,
             live: None,
+            tap: None,
         }
+    }
+
+    /// Offers every batch to these `weir tap` subscriptions.
+    pub fn with_tap(mut self, tap: Arc<TapHub>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Evaluates these alert rules (their windows are in the deriver's feed).
@@ -124,8 +134,12 @@ impl Processor {
             parser,
             mut deriver,
             mut engine,
+            event,
             done,
         } = r;
+        if let Some(t) = &self.tap {
+            t.set_event(event);
+        }
         if let Some(old) = self.alerts.take() {
             engine.take_over(old, &self.deriver.feed, &mut deriver.feed);
         }
@@ -277,6 +291,9 @@ impl Processor {
         if !event_clock {
             self.tick_alerts();
         }
+        if let Some(t) = &self.tap {
+            t.offer(batch);
+        }
         if counts[ParseIssue::InvalidJson as usize] > 0 {
             tracing::debug!(
                 source = %batch.source,
@@ -399,6 +416,7 @@ pub async fn run(
     let fixed = reload::fixed_parts(&pipeline);
     let CompiledPipeline {
         parser,
+        event,
         deriver,
         registry,
         sources,
@@ -481,6 +499,14 @@ pub async fn run(
         .with_sinks(sink_inputs)
         .with_alerts(engine)
         .with_registry(registry.clone());
+    let tap = opts
+        .listen
+        .is_some()
+        .then(|| Arc::new(TapHub::new(event, selfm.taps_active.clone())));
+    let processor = match &tap {
+        Some(t) => processor.with_tap(t.clone()),
+        None => processor,
+    };
     // Reloads (live, from a file): SIGHUP, POST /-/reload, --watch-config.
     let (reload_tx, reload_rx) = mpsc::channel::<Reload>(1);
     let reload_requests = match (&opts.config, opts.oneshot) {
@@ -518,6 +544,7 @@ pub async fn run(
                 ready: ready.clone(),
                 alerts: alerts_view.clone(),
                 reload: reload_requests.clone(),
+                tap: tap.clone(),
             });
             let stop = server_stop.clone();
             Some(tokio::spawn(async move {
@@ -618,6 +645,10 @@ pub async fn run(
         .await
         .context("joining the processing thread")?
         .map_err(|_| anyhow::anyhow!("the processing thread panicked"))?;
+    // No more events: open taps end their streams, so the server can stop.
+    if let Some(t) = &tap {
+        t.close();
+    }
     if let (Some(e), true) = (engine.as_ref().filter(|e| !e.is_empty()), opts.oneshot) {
         let (fired, resolved) = e.counts();
         let firing = e

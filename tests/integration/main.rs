@@ -4,6 +4,7 @@ mod alerts;
 mod container;
 mod core;
 mod delivery;
+mod deploy;
 mod elasticsearch;
 mod file;
 mod loki;
@@ -11,5 +12,6 @@ mod pipeline_tests;
 mod reload;
 #[path = "../support/mod.rs"]
 mod support;
+mod tap;
 mod tcp;
 mod util;

@@ -52,6 +52,9 @@ pub enum Command {
     Generate(GenerateCommand),
     /// Watch the events flowing through a running weir, as JSON lines on stdout.
     Tap(TapArgs),
+    /// A running weir's own numbers, refreshed: events/s per source, parse errors, sinks
+    /// (events/s, retries, buffer, dead letters), channel fill, alerts.
+    Top(TopArgs),
     /// Exit 0 if a running weir answers GET /health, else 1 (for container health checks).
     Health(HealthArgs),
 }
@@ -134,6 +137,20 @@ pub struct TapArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub limit: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The running weir's HTTP address. Default: 127.0.0.1:$METRICS_PORT, else 127.0.0.1:9090.
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Seconds between two polls (rates are over this interval).
+    #[arg(long, default_value_t = 2.0)]
+    pub interval_secs: f64,
+    /// Stop after this many frames (default: until Ctrl-C). Output that is not a terminal gets
+    /// one frame after another instead of a screen redrawn in place.
+    #[arg(long)]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -238,6 +255,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test(args) => run_tests(&args),
         Command::Tap(args) => run_tap(args),
         Command::Health(args) => run_health(&args),
+        Command::Top(args) => run_top(&args),
         Command::Generate(GenerateCommand::GrafanaDashboard(a)) => grafana_dashboard(&a),
         Command::Validate(args) => {
             let selfm = SelfMetrics::new();
@@ -431,14 +449,33 @@ fn pipeline_stem(origin: &str) -> &str {
 
 /// `weir health`: GET /health of a running weir; exit 0 on a 2xx, 1 otherwise (said on stderr).
 /// The container image's HEALTHCHECK, where no shell or curl exists.
-fn run_health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
-    let addr = match &args.addr {
-        Some(a) => a.clone(),
-        None => {
-            let port = std::env::var("METRICS_PORT").unwrap_or_else(|_| "9090".into());
-            format!("127.0.0.1:{}", port.trim())
-        }
+/// The address `weir tap`, `weir top` and `weir health` ask: `--addr`, else
+/// `127.0.0.1:$METRICS_PORT`, else `127.0.0.1:9090`.
+fn client_addr(addr: Option<String>) -> String {
+    addr.unwrap_or_else(|| {
+        let port = std::env::var("METRICS_PORT").unwrap_or_else(|_| "9090".into());
+        format!("127.0.0.1:{}", port.trim())
+    })
+}
+
+/// `weir top`: polls a running weir's `GET /stats` and shows its numbers.
+fn run_top(args: &TopArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.interval_secs > 0.0, "--interval-secs must be above 0");
+    let opts = crate::top::TopOptions {
+        addr: client_addr(args.addr.clone()),
+        interval: std::time::Duration::from_secs_f64(args.interval_secs),
+        count: args.count,
     };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(crate::top::run(opts))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
+    let addr = client_addr(args.addr.clone());
     let url = format!("http://{addr}/health");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -483,13 +520,7 @@ fn config_error(e: ConfigError) -> anyhow::Result<ExitCode> {
 /// text. Exit 0 at `--limit`, on Ctrl-C or when weir goes away; 2 when weir refuses the filter
 /// or the rate (its message on stderr); 1 when weir cannot be reached.
 fn run_tap(args: TapArgs) -> anyhow::Result<ExitCode> {
-    let addr = match args.addr {
-        Some(a) => a,
-        None => {
-            let port = std::env::var("METRICS_PORT").unwrap_or_else(|_| "9090".into());
-            format!("127.0.0.1:{}", port.trim())
-        }
-    };
+    let addr = client_addr(args.addr.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,6 +10,7 @@
 //! - [`sink`]: Loki, Elasticsearch, stdout, file: batching, retries, dead letters, disk buffer.
 //! - [`alert`]: notifiers (Slack, webhook, PagerDuty, Alertmanager, email); rules to come.
 //! - [`server`]: `/metrics`, `/health`, `/ready`. [`telemetry`]: weir's own logs and metrics.
+//! - [`top`]: `weir top`, a running weir's own numbers (`GET /stats`), refreshed.
 //! - [`tap`]: `weir tap`, the live events of a running weir (filtered, rate-limited).
 //! - [`config`]: pipeline files, loaded and compiled; [`cli`]: the command line.
 //! - [`pipeline_test`]: `weir test`, the unit tests carried in pipeline files (`[[tests]]`).
@@ -33,6 +34,7 @@ pub mod sink;
 pub mod source;
 pub mod tap;
 pub mod telemetry;
+pub mod top;
 pub mod topology;
 
 pub use config::{CompiledPipeline, PipelineConfig};

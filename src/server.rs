@@ -69,6 +69,11 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
         .into_response())
 }
 
+/// `GET /stats`: weir's self-metrics as JSON, for `weir top`.
+async fn stats(State(state): State<AppState>) -> axum::Json<crate::top::Stats> {
+    axum::Json(crate::top::Stats::gather(&state.selfm.registry))
+}
+
 async fn health() -> &'static str {
     "ok\n"
 }
@@ -139,6 +144,7 @@ async fn tap(
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/tap", get(tap))
+        .route("/stats", get(stats))
         .route("/-/reload", axum::routing::post(reload))
         .route("/alerts", get(alerts))
         .route("/metrics", get(metrics))

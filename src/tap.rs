@@ -15,7 +15,9 @@
 //!   the paths the pipeline uses, see [`PathTrie`]), so each subscription has its own
 //!   [`LineParser`], built from the pipeline's `[event]` plus the filter's paths, and parses the
 //!   lines again while it is open — but at most `rate × 20` lines a second (the rest are
-//!   skipped, counted), so a tap on a busy pipeline adds a bounded amount of work.
+//!   skipped, counted), so a tap on a busy pipeline adds a bounded amount of work. A tap
+//!   without a filter parses only the lines it sends (at most `rate` a second); the lines
+//!   over its rate are dropped unparsed.
 //! - At most `rate` events a second go out (a token bucket; `rate` at most [`MAX_RATE`], at most
 //!   [`MAX_TAPS`] taps), into a bounded channel written with `try_send`: a slow client loses
 //!   events (counted as dropped), the processor never waits for it.
@@ -105,15 +107,17 @@ impl Bucket {
 
     /// Takes a token if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
+        self.take_up_to(1, now) == 1
+    }
+
+    /// Takes as many whole tokens as there are, up to `n`; returns how many.
+    pub fn take_up_to(&mut self, n: usize, now: Instant) -> usize {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + dt * self.rate).min(self.rate.max(1.0));
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let k = (self.tokens.floor() as usize).min(n);
+        self.tokens -= k as f64;
+        k
     }
 }
 
@@ -139,8 +143,18 @@ impl Sub {
         if self.source.as_deref().is_some_and(|n| n != &*batch.source) {
             return;
         }
-        for span in &batch.lines {
-            if !self.examine.take(now) {
+        // Without a filter every line matches: the lines over the rate are dropped unparsed,
+        // counted at once.
+        let lines = match self.filter {
+            Some(_) => &batch.lines[..],
+            None => {
+                let k = self.send.take_up_to(batch.lines.len(), now);
+                self.dropped += (batch.lines.len() - k) as u64;
+                &batch.lines[..k]
+            }
+        };
+        for span in lines {
+            if self.filter.is_some() && !self.examine.take(now) {
                 self.skipped += 1;
                 continue;
             }
@@ -154,7 +168,7 @@ impl Sub {
                 continue;
             }
             self.matched += 1;
-            if !self.send.take(now) {
+            if self.filter.is_some() && !self.send.take(now) {
                 self.dropped += 1;
                 continue;
             }
@@ -539,7 +553,8 @@ mod tests {
         let t0 = Instant::now();
         h.offer_at(&batch("stdin", &refs), t0);
         let got = drain(&mut sub);
-        // The first five sent; of the 100 examined (5 × 20) 95 dropped; 50 skipped.
+        // The first five sent, the other 145 dropped unparsed: without a filter every line
+        // matches, nothing needs examining.
         let ns: Vec<_> = got
             .iter()
             .map(|v| v["event"]["n"].as_i64().unwrap())
@@ -547,10 +562,26 @@ mod tests {
         assert_eq!(ns, [0, 1, 2, 3, 4]);
         assert_eq!(
             h.note(sub.id).unwrap(),
-            r#"{"tap":{"dropped":95,"skipped":50}}"#
+            r#"{"tap":{"dropped":145,"skipped":0}}"#
         );
         // Counts restart after a note; nothing lost, no note.
         assert_eq!(h.note(sub.id), None);
+    }
+
+    #[test]
+    fn a_filtered_tap_examines_at_most_twenty_times_its_rate() {
+        let h = hub();
+        let mut sub = h.subscribe(Some("n >= 0"), None, 5.0).unwrap();
+        let lines: Vec<String> = (0..150).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        h.offer_at(&batch("stdin", &refs), Instant::now());
+        // The first five sent; of the 100 examined (5 × 20) 95 matched but were over the
+        // rate; the last 50 were not examined.
+        assert_eq!(drain(&mut sub).len(), 5);
+        assert_eq!(
+            h.note(sub.id).unwrap(),
+            r#"{"tap":{"dropped":95,"skipped":50}}"#
+        );
     }
 
     #[test]

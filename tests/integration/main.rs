@@ -14,4 +14,5 @@ mod reload;
 mod support;
 mod tap;
 mod tcp;
+mod top;
 mod util;

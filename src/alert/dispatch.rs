@@ -849,6 +849,46 @@ mod tests {
         assert_eq!(queued(&selfm, "hook"), 0);
     }
 
+    /// The case, in real time and with the default retry settings (200 ms doubling to
+    /// 30 s): a receiver that answers 500 for a whole minute gets the notification afterwards,
+    /// once, within one maximal backoff of its recovery. (Takes 60 to 90 s.)
+    #[tokio::test]
+    async fn a_notifier_answering_500_for_a_minute_gets_it_through_afterwards() {
+        const OUTAGE: Duration = Duration::from_secs(60);
+        let first: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let first2 = first.clone();
+        let r = Receiver::start(move |_, _| {
+            let mut f = first2.lock().expect("not poisoned");
+            let t0 = *f.get_or_insert_with(std::time::Instant::now);
+            Reply::Status(if t0.elapsed() < OUTAGE { 500 } else { 200 })
+        })
+        .await;
+        let selfm = SelfMetrics::new();
+        let d = DispatchOptions::default();
+        let max_backoff = Duration::from_millis(d.request.max_backoff_ms);
+        let (h, d) = Dispatcher::start(vec![("hook".into(), r.webhook())], d, &selfm);
+        h.send(&to(&["hook"]), note(0));
+        let deadline = std::time::Instant::now() + OUTAGE + max_backoff + Duration::from_secs(15);
+        while count(&selfm, "hook", "sent") == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not delivered {:?} after the outage ended ({} attempts)",
+                max_backoff + Duration::from_secs(15),
+                r.attempts()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let t0 = first.lock().expect("not poisoned").expect("attempted");
+        assert!(t0.elapsed() >= OUTAGE, "delivered during the outage");
+        assert_eq!(r.messages(), ["n0"], "delivered exactly once");
+        // Attempts during the outage are retries: spaced by the backoff, not hammering.
+        let attempts = r.attempts();
+        assert!((6..=14).contains(&attempts), "{attempts} attempts");
+        assert_eq!(retries(&selfm, "hook"), attempts as u64 - 1);
+        assert_eq!(count(&selfm, "hook", "failed"), 0);
+        d.shutdown(Duration::from_secs(5)).await;
+    }
+
     #[tokio::test]
     async fn a_hung_notifier_blocks_neither_send_nor_the_others() {
         let slow = Receiver::start(|_, _| Reply::Hang).await;

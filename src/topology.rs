@@ -128,20 +128,35 @@ impl Processor {
         self
     }
 
-    /// Switches to a reloaded pipeline between two batches; see [`crate::reload`].
-    pub fn reload(&mut self, r: Reload) {
+    /// Switches to a reloaded pipeline between two batches; see [`crate::reload`]. With a sink
+    /// swap, it lets go of the closed sinks' inputs, then waits for the new ones (the reload
+    /// starts a disk-buffered sink only once its predecessor has let go of the buffer); the
+    /// sources wait meanwhile, as for a full buffer.
+    pub async fn reload(&mut self, r: Reload) {
         let Reload {
             parser,
             mut deriver,
             mut engine,
             event,
+            sinks,
+            dispatch,
             done,
         } = r;
+        if let Some(swap) = sinks {
+            self.sinks.retain(|s| !swap.close.contains(&s.name));
+            let _ = swap.closed.send(());
+            if let Ok(started) = swap.start.await {
+                self.sinks.extend(started);
+            }
+        }
         if let Some(t) = &self.tap {
             t.set_event(event);
         }
         if let Some(old) = self.alerts.take() {
             engine.take_over(old, &self.deriver.feed, &mut deriver.feed);
+        }
+        if let Some(d) = dispatch {
+            engine.set_dispatch(d);
         }
         let rules = engine.rules().len();
         let old = std::mem::replace(&mut self.deriver, deriver);
@@ -362,7 +377,7 @@ impl Processor {
                                 drop(batch);
                                 self.fan_out(out).await;
                             }
-                            Some(r) = reloads.recv() => self.reload(r),
+                            Some(r) = reloads.recv() => self.reload(r).await,
                             _ = alert_every.tick() => self.tick_alerts(),
                             _ = every.tick() => {
                                 let expired = self.deriver.expire(self.tick());
@@ -405,6 +420,146 @@ fn chunks(mut events: Vec<SinkEvent>) -> Vec<Vec<SinkEvent>> {
     out
 }
 
+/// What the command line adds to a pipeline's sources and sinks (`weir run FILE`, `--tcp`,
+/// `--loki`, `--stdout`, `--buffer`); a reload adds it again to the new pipeline's.
+#[derive(Debug, Clone, Default)]
+pub struct CliAdditions {
+    pub files: Vec<PathBuf>,
+    pub tcp: Vec<String>,
+    pub format: Option<source::Format>,
+    pub stdout: bool,
+    pub sinks: Vec<SinkCfg>,
+    pub buffer: Option<sink::BufferKind>,
+}
+
+impl CliAdditions {
+    fn of(opts: &RunOptions) -> Self {
+        CliAdditions {
+            files: opts.files.clone(),
+            tcp: opts.tcp.clone(),
+            format: opts.format,
+            stdout: opts.stdout,
+            sinks: opts.sinks.clone(),
+            buffer: opts.buffer,
+        }
+    }
+
+    /// The sinks to run, named: the pipeline's, then the command line's; `loki`, or `loki_2`
+    /// when there are several of a kind.
+    pub fn sinks(&self, pipeline: Vec<SinkCfg>) -> Vec<(String, SinkCfg)> {
+        let mut cfgs = pipeline;
+        cfgs.extend(self.sinks.iter().cloned());
+        if self.stdout {
+            cfgs.push(SinkCfg::Stdout(sink::StdoutConfig::default()));
+        }
+        if let Some(kind) = self.buffer {
+            for c in &mut cfgs {
+                c.buffer_mut().kind = kind;
+            }
+        }
+        let kinds: Vec<&'static str> = cfgs.iter().map(SinkCfg::kind).collect();
+        cfgs.into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let same = kinds.iter().filter(|k| **k == c.kind()).count();
+                let name = if same > 1 {
+                    format!("{}_{}", c.kind(), i)
+                } else {
+                    c.kind().to_string()
+                };
+                (name, c)
+            })
+            .collect()
+    }
+
+    /// The sources to run: the pipeline's, the command line's files and TCP addresses; stdin
+    /// when there is nothing else.
+    pub fn sources(&self, pipeline: Vec<SourceConfig>) -> Vec<SourceConfig> {
+        let format = self.format.unwrap_or_default();
+        let mut sources = pipeline;
+        if !self.files.is_empty() {
+            sources.push(SourceConfig::File(source::FileConfig::for_paths(
+                self.files.iter().map(|p| p.display().to_string()).collect(),
+                format,
+            )));
+        }
+        for address in &self.tcp {
+            sources.push(SourceConfig::Tcp(source::TcpConfig {
+                address: address.clone(),
+                format,
+                ..source::TcpConfig::default()
+            }));
+        }
+        if sources.is_empty() {
+            sources.push(SourceConfig::Stdin(source::StdinConfig { format }));
+        }
+        sources
+    }
+}
+
+/// What every source task needs.
+#[derive(Clone)]
+struct SourceContext {
+    out: mpsc::Sender<LineBatch>,
+    max_line: usize,
+    selfm: SelfMetrics,
+    data_dir: Option<PathBuf>,
+    oneshot: bool,
+    progress: bool,
+}
+
+type SourceTasks = tokio::task::JoinSet<anyhow::Result<()>>;
+
+/// Starts source `s` in `tasks`; cancelling the returned token (a child of `shutdown`) stops it.
+fn spawn_source(
+    tasks: &mut SourceTasks,
+    s: SourceConfig,
+    ctx: &SourceContext,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(CancellationToken, tokio::task::Id)> {
+    let stop = shutdown.child_token();
+    let (out, max_line, selfm) = (ctx.out.clone(), ctx.max_line, ctx.selfm.clone());
+    let token = stop.clone();
+    let handle = match s {
+        SourceConfig::Stdin(cfg) => tasks.spawn(async move {
+            source::stdin::run(cfg.format, out, stop, max_line, selfm)
+                .await
+                .context("reading stdin")
+        }),
+        SourceConfig::Tcp(cfg) => tasks.spawn(async move {
+            source::tcp::run(cfg, out, stop, max_line, selfm)
+                .await
+                .map_err(anyhow::Error::from)
+        }),
+        SourceConfig::File(f) if ctx.oneshot => {
+            // A backfill: every matching file once, to its end, in order.
+            let paths: Vec<PathBuf> = source::file::expand(&f.paths, &f.exclude)?
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            if paths.is_empty() {
+                anyhow::bail!("no file matches {:?}", f.paths.join(" "));
+            }
+            let progress = ctx.progress.then(|| progress_bar(&paths));
+            tasks.spawn(async move {
+                source::file::read_to_end(paths, f.format, out, stop, max_line, selfm, progress)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        SourceConfig::File(cfg) => {
+            let tail = source::file::Tail {
+                cfg,
+                data_dir: ctx.data_dir.clone(),
+                max_line_bytes: max_line,
+                selfm,
+            };
+            tasks.spawn(async move { tail.run(out, stop).await.map_err(anyhow::Error::from) })
+        }
+    };
+    Ok((token, handle.id()))
+}
+
 /// Runs the pipeline until its inputs end or `shutdown` is cancelled. The final values stay in
 /// the pipeline's registry (clone it before the call to read them after).
 pub async fn run(
@@ -413,7 +568,6 @@ pub async fn run(
     selfm: SelfMetrics,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let fixed = reload::fixed_parts(&pipeline);
     let CompiledPipeline {
         parser,
         event,
@@ -426,10 +580,12 @@ pub async fn run(
         rules,
         notifiers,
     } = pipeline;
+    let adds = CliAdditions::of(&opts);
     let mut deriver = deriver;
-    let data_dir = opts.data_dir.clone().or(pipeline_data_dir);
+    let data_dir = opts.data_dir.clone().or(pipeline_data_dir.clone());
+    let sources = adds.sources(sources);
     if data_dir.is_none()
-        && (!opts.files.is_empty() || sources.iter().any(|s| matches!(s, SourceConfig::File(_))))
+        && sources.iter().any(|s| matches!(s, SourceConfig::File(_)))
         && !opts.oneshot
     {
         tracing::warn!(
@@ -442,33 +598,27 @@ pub async fn run(
     let fill = selfm
         .channel_fill
         .with_label_values(&["sources_to_processor"]);
-    // Sinks: the pipeline's, then those of the command line.
-    let mut sink_cfgs = sinks;
-    sink_cfgs.extend(opts.sinks.iter().cloned());
-    if opts.stdout {
-        sink_cfgs.push(SinkCfg::Stdout(sink::StdoutConfig::default()));
-    }
-    if let Some(kind) = opts.buffer {
-        for c in &mut sink_cfgs {
-            c.buffer_mut().kind = kind;
-        }
-    }
     let abandon = CancellationToken::new();
+    let mut parts = reload::Components {
+        selfm: selfm.clone(),
+        adds: adds.clone(),
+        data_dir: data_dir.clone(),
+        pipeline_data_dir,
+        abandon: abandon.clone(),
+        shutdown_timeout: Duration::from_secs(opts.shutdown_timeout_secs),
+        sinks: Vec::new(),
+        retired: Vec::new(),
+        sources: sources.iter().map(reload::source_key).collect(),
+        source_changes: None,
+        notifiers_key: String::new(),
+        dispatcher: None,
+        retired_dispatchers: Vec::new(),
+    };
     let mut sink_inputs = Vec::new();
-    let mut sink_tasks = Vec::new();
-    for (i, c) in sink_cfgs.iter().enumerate() {
-        // `loki`, or `loki_2` when a pipeline has several sinks of one kind.
-        let same = sink_cfgs.iter().filter(|o| o.kind() == c.kind()).count();
-        let name = if same > 1 {
-            format!("{}_{}", c.kind(), i)
-        } else {
-            c.kind().to_string()
-        };
-        let (input, task) = sink::start(&name, c, &selfm, abandon.clone(), data_dir.as_deref())
-            .map_err(|e| anyhow::anyhow!("sink {name}: {e}"))?;
-        tracing::info!(sink = %name, "sink started");
+    for (name, c) in adds.sinks(sinks) {
+        let (input, running) = parts.start_sink(&name, &c).map_err(anyhow::Error::msg)?;
         sink_inputs.push(input);
-        sink_tasks.push((name, task));
+        parts.sinks.push(running);
     }
     // Alerts: live on the wall clock, backfills on the events' time. A backfill reports what
     // would have fired; it notifies only with --notify.
@@ -477,9 +627,9 @@ pub async fn run(
     } else {
         Clock::Wall
     };
-    let mut dispatcher = None;
     let mut engine = Engine::new(rules, &selfm).with_clock(clock);
-    if !engine.is_empty() && !notifiers.is_empty() && (!opts.oneshot || opts.notify) {
+    parts.notifiers_key = reload::notifiers_key(&notifiers, engine.is_empty());
+    if !parts.notifiers_key.is_empty() && (!opts.oneshot || opts.notify) {
         let mut built = Vec::new();
         for (name, cfg) in &notifiers {
             let n = cfg
@@ -489,7 +639,7 @@ pub async fn run(
         }
         let (handle, d) = Dispatcher::start(built, DispatchOptions::default(), &selfm);
         engine = engine.with_dispatch(handle);
-        dispatcher = Some(d);
+        parts.dispatcher = Some(d);
     }
     if let Some(dir) = &data_dir {
         engine = engine.with_state(dir.join("alerts").join("state.json"), &mut deriver.feed);
@@ -509,12 +659,18 @@ pub async fn run(
     };
     // Reloads (live, from a file): SIGHUP, POST /-/reload, --watch-config.
     let (reload_tx, reload_rx) = mpsc::channel::<Reload>(1);
-    let reload_requests = match (&opts.config, opts.oneshot) {
-        (Some(path), false) => {
+    let (source_changes_tx, mut source_changes) = mpsc::channel::<reload::SourceChange>(1);
+    let live_reload = matches!((&opts.config, opts.oneshot), (Some(_), false));
+    if live_reload {
+        parts.source_changes = Some(source_changes_tx);
+    }
+    let parts = Arc::new(tokio::sync::Mutex::new(parts));
+    let reload_requests = match (&opts.config, live_reload) {
+        (Some(path), true) => {
             let (tx, requests) = mpsc::channel::<reload::Request>(4);
             tokio::spawn(reload::run(
                 path.clone(),
-                fixed,
+                parts.clone(),
                 opts.watch_config,
                 selfm.clone(),
                 reload_tx,
@@ -556,90 +712,79 @@ pub async fn run(
         None => None,
     };
 
-    let format = opts.format.unwrap_or_default();
-    let mut sources = sources;
-    if !opts.files.is_empty() {
-        sources.push(SourceConfig::File(source::FileConfig::for_paths(
-            opts.files.iter().map(|p| p.display().to_string()).collect(),
-            format,
-        )));
-    }
-    for address in opts.tcp {
-        sources.push(SourceConfig::Tcp(source::TcpConfig {
-            address,
-            format,
-            ..source::TcpConfig::default()
-        }));
-    }
-    // stdin is the default only when nothing else is configured.
-    if sources.is_empty() {
-        sources.push(SourceConfig::Stdin(source::StdinConfig { format }));
-    }
-    let mut tasks = tokio::task::JoinSet::new();
+    let ctx = SourceContext {
+        out: tx,
+        max_line,
+        selfm: selfm.clone(),
+        data_dir: data_dir.clone(),
+        oneshot: opts.oneshot,
+        progress: opts.progress,
+    };
+    let mut tasks = SourceTasks::new();
+    // Running sources by key; a reload stops and starts them.
+    let mut running: Vec<(String, CancellationToken, tokio::task::Id)> = Vec::new();
     for s in sources {
-        let (out, stop) = (tx.clone(), shutdown.clone());
-        let selfm = selfm.clone();
-        match s {
-            SourceConfig::Stdin(cfg) => {
-                tasks.spawn(async move {
-                    source::stdin::run(cfg.format, out, stop, max_line, selfm)
-                        .await
-                        .context("reading stdin")
-                });
-            }
-            SourceConfig::Tcp(cfg) => {
-                tasks.spawn(async move {
-                    source::tcp::run(cfg, out, stop, max_line, selfm)
-                        .await
-                        .map_err(anyhow::Error::from)
-                });
-            }
-            SourceConfig::File(f) if opts.oneshot => {
-                // A backfill: every matching file once, to its end, in order.
-                let paths: Vec<PathBuf> = source::file::expand(&f.paths, &f.exclude)?
-                    .into_iter()
-                    .map(|(p, _)| p)
-                    .collect();
-                if paths.is_empty() {
-                    anyhow::bail!("no file matches {:?}", f.paths.join(" "));
-                }
-                let progress = opts.progress.then(|| progress_bar(&paths));
-                tasks.spawn(async move {
-                    source::file::read_to_end(paths, f.format, out, stop, max_line, selfm, progress)
-                        .await
-                        .map_err(anyhow::Error::from)
-                });
-            }
-            SourceConfig::File(cfg) => {
-                let tail = source::file::Tail {
-                    cfg,
-                    data_dir: data_dir.clone(),
-                    max_line_bytes: max_line,
-                    selfm,
-                };
-                tasks.spawn(async move { tail.run(out, stop).await.map_err(anyhow::Error::from) });
-            }
-        }
+        let key = reload::source_key(&s);
+        let (token, id) = spawn_source(&mut tasks, s, &ctx, &shutdown)?;
+        running.push((key, token, id));
     }
-    drop(tx);
     ready.store(true, Ordering::Relaxed);
 
     let mut first_error = None;
-    while let Some(r) = tasks.join_next().await {
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = format!("{e:#}"), "source failed");
-                first_error.get_or_insert(e);
-                // One failed input fails the run, as a backfill must not look complete.
-                shutdown.cancel();
+    let mut ended =
+        |r: Result<(tokio::task::Id, anyhow::Result<()>), tokio::task::JoinError>,
+         running: &mut Vec<(String, CancellationToken, tokio::task::Id)>| {
+            let id = match &r {
+                Ok((id, _)) => *id,
+                Err(e) => e.id(),
+            };
+            running.retain(|(_, _, i)| *i != id);
+            match r {
+                Ok((_, Ok(()))) => {}
+                Ok((_, Err(e))) => {
+                    tracing::error!(error = format!("{e:#}"), "source failed");
+                    first_error.get_or_insert(e);
+                    // One failed input fails the run, as a backfill must not look complete.
+                    shutdown.cancel();
+                }
+                Err(e) => {
+                    first_error.get_or_insert(anyhow::anyhow!("source task panicked: {e}"));
+                    shutdown.cancel();
+                }
             }
-            Err(e) => {
-                first_error.get_or_insert(anyhow::anyhow!("source task panicked: {e}"));
-                shutdown.cancel();
+            id
+        };
+    // Until every source has ended: their results, and the reloads' source changes.
+    while !tasks.is_empty() {
+        tokio::select! {
+            Some(r) = tasks.join_next_with_id() => { ended(r, &mut running); }
+            Some(change) = source_changes.recv() => {
+                let mut stopping = Vec::new();
+                for key in &change.stop {
+                    if let Some(i) = running.iter().position(|(k, _, _)| k == key) {
+                        let (_, token, id) = running.remove(i);
+                        token.cancel();
+                        stopping.push(id);
+                    }
+                }
+                while !stopping.is_empty() {
+                    let Some(r) = tasks.join_next_with_id().await else { break };
+                    let id = ended(r, &mut running);
+                    stopping.retain(|i| *i != id);
+                }
+                for s in change.start {
+                    let key = reload::source_key(&s);
+                    match spawn_source(&mut tasks, s, &ctx, &shutdown) {
+                        Ok((token, id)) => running.push((key, token, id)),
+                        Err(e) => tracing::error!(error = format!("{e:#}"), "source did not start"),
+                    }
+                }
+                let _ = change.done.send(());
             }
         }
     }
+    drop(source_changes);
+    drop(ctx);
     // The processor ends once every batch sent is handled; join it off the async workers.
     let engine = tokio::task::spawn_blocking(move || processing.join())
         .await
@@ -664,10 +809,15 @@ pub async fn run(
             "backfill alerts (each is logged above as `alert firing` / `alert resolved`)"
         );
     }
-    if let Some(d) = dispatcher {
+    // The processor is gone: no reload can change the components any more.
+    let mut parts = parts.lock().await;
+    if let Some(d) = parts.dispatcher.take() {
         // Notifications still queued get the shutdown timeout to go out.
         d.shutdown(Duration::from_secs(opts.shutdown_timeout_secs))
             .await;
+    }
+    for old in std::mem::take(&mut parts.retired_dispatchers) {
+        let _ = old.await;
     }
     ready.store(false, Ordering::Relaxed);
     // Sinks deliver what they hold. After a signal they get shutdown_timeout_secs; at stdin's
@@ -685,11 +835,17 @@ pub async fn run(
             abandon.cancel();
         })
     };
+    let sink_tasks = std::mem::take(&mut parts.retired).into_iter().chain(
+        std::mem::take(&mut parts.sinks)
+            .into_iter()
+            .map(|r| (r.name, r.task)),
+    );
     for (name, task) in sink_tasks {
         if task.await.is_err() {
             first_error.get_or_insert(anyhow::anyhow!("sink {name} panicked"));
         }
     }
+    drop(parts);
     deadline.abort();
     server_stop.cancel();
     if let Some(s) = server {

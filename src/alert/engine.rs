@@ -391,6 +391,12 @@ impl Engine {
         self
     }
 
+    /// Sends notifications here from now on (a reload that changed the notifiers); `None`:
+    /// to nobody.
+    pub fn set_dispatch(&mut self, handle: Option<DispatchHandle>) {
+        self.dispatch = handle;
+    }
+
     /// The view `/alerts` serves; kept up to date from now on.
     pub fn view(&mut self) -> SharedView {
         self.view_shared = true;

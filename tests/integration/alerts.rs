@@ -750,3 +750,57 @@ url = "{}/hook"
     );
     assert_eq!(firing(&hook), 1, "{:?}", hook.received());
 }
+
+/// A reload that points the notifier elsewhere: the alert that fires after it goes to the new
+/// receiver; the old one hears nothing; the reload says the notifiers were replaced.
+#[test]
+fn a_reload_sends_later_alerts_to_the_changed_notifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (webhook::start(), webhook::start());
+    let config = dir.path().join("p.toml");
+    let pipeline = |url: String| {
+        format!(
+            r#"
+[[metrics]]
+name = "fail_total"
+kind = "counter"
+when = 'message == "fail"'
+
+[[alerts]]
+name = "Failures"
+expr = "count(fail_total) over 1m > 2"
+
+[notifiers.hook]
+type = "webhook"
+url = "{url}/hook"
+"#
+        )
+    };
+    std::fs::write(&config, pipeline(old.url())).unwrap();
+    let config_arg = config.display().to_string();
+    let mut w = crate::util::spawn_weir(&["--config", config_arg.as_str()]);
+    std::fs::write(&config, pipeline(new.url())).unwrap();
+    let (status, body) = crate::util::post(&w.addr, "/-/reload");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("notifiers replaced"), "{body}");
+    {
+        let input = w.child.stdin.as_mut().unwrap();
+        for _ in 0..3 {
+            writeln!(input, "{}", json!({"message": "fail"})).unwrap();
+        }
+        input.flush().unwrap();
+    }
+    let got = wait_for(
+        Duration::from_secs(20),
+        || {
+            let r = new.received();
+            (!r.is_empty()).then_some(r)
+        },
+        || "the new receiver was never notified".into(),
+    );
+    assert_eq!(got[0]["status"], "firing");
+    assert_eq!(got[0]["rule"], "Failures", "{got:?}");
+    drop(w.child.stdin.take());
+    assert!(w.child.wait().unwrap().success());
+    assert!(old.received().is_empty(), "{:?}", old.received());
+}

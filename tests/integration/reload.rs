@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
 use crate::support::server::wait_for;
-use crate::util::{metric, spawn_weir};
+use crate::util::{metric, post, spawn_weir};
 
 const A: &str = r#"
 [[metrics]]
@@ -30,21 +30,6 @@ name = "b_total"
 kind = "counter"
 when = 'kind == "b"'
 "#;
-
-fn post(addr: &str, path: &str) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let r = reqwest::Client::new()
-            .post(format!("http://{addr}{path}"))
-            .send()
-            .await
-            .expect("POST");
-        (r.status().as_u16(), r.text().await.unwrap_or_default())
-    })
-}
 
 #[test]
 fn reload_under_load_loses_nothing_and_keeps_counters() {
@@ -142,4 +127,138 @@ fn reload_without_a_file_says_why() {
     let (status, body) = post(&weir.addr, "/-/reload");
     assert_eq!(status, 400);
     assert!(body.contains("--config"), "{body}");
+}
+
+/// Sinks and sources change with a reload. Numbered lines stream in on stdin while the
+/// pipeline file moves the file sink from `a.out` to `b.out` and adds a file source: every
+/// stdin line comes out exactly once, a prefix in `a.out` and the rest in `b.out`, in order;
+/// the new source's lines are read once. A second reload changes that file source's settings
+/// (it restarts): it resumes at its checkpoint instead of reading its file again.
+#[test]
+fn a_reload_swaps_sinks_and_sources_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, a_out, b_out, log) = (
+        dir.path().join("p.toml"),
+        dir.path().join("a.out"),
+        dir.path().join("b.out"),
+        dir.path().join("new.log"),
+    );
+    let sink = |out: &std::path::Path| {
+        format!(
+            "[[sinks]]\ntype = \"file\"\npath = {:?}\n",
+            out.display().to_string()
+        )
+    };
+    let source = |poll_ms: u64| {
+        format!(
+            "[[sources]]\ntype = \"file\"\npaths = [{:?}]\npoll_interval_ms = {poll_ms}\n",
+            log.display().to_string()
+        )
+    };
+    let from_file = |from: usize, to: usize| -> String {
+        (from..to).map(|i| format!("{{\"f\":{i}}}\n")).collect()
+    };
+    std::fs::write(&log, from_file(0, 1_000)).unwrap();
+    std::fs::write(&config, sink(&a_out)).unwrap();
+    let (config_arg, data_arg) = (
+        config.display().to_string(),
+        dir.path().join("data").display().to_string(),
+    );
+    let mut weir = spawn_weir(&["--config", &config_arg, "--data-dir", &data_arg]);
+    let addr = weir.addr.clone();
+    let mut input = weir.child.stdin.take().unwrap();
+    let line = |i: usize| format!("{{\"n\":{i}}}");
+    let mut write_range = |from: usize, to: usize| {
+        for i in from..to {
+            writeln!(input, "{}", line(i)).unwrap();
+        }
+        input.flush().unwrap();
+    };
+    let stdin_events = |want: f64| {
+        wait_for(
+            Duration::from_secs(30),
+            || (metric(&addr, "weir_events_total", &[("source", "stdin")]) == want).then_some(()),
+            || format!("stdin events never reached {want}"),
+        )
+    };
+    let log_label = log.display().to_string();
+    let log_events = || metric(&addr, "weir_events_total", &[("source", &log_label)]);
+    write_range(0, 20_000);
+
+    std::fs::write(&config, format!("{}{}", sink(&b_out), source(250))).unwrap();
+    let (status, body) = post(&addr, "/-/reload");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("sinks: 1 started (file), 1 stopped (file)"),
+        "{body}"
+    );
+    assert!(
+        body.contains("sources: 1 started, 0 stopped; stdin is never stopped by a reload"),
+        "{body}"
+    );
+    write_range(20_000, 40_000);
+    stdin_events(40_000.0);
+    wait_for(
+        Duration::from_secs(30),
+        || (log_events() == 1_000.0).then_some(()),
+        || format!("the new file source read {} lines", log_events()),
+    );
+
+    // Changed settings restart the file source: at its checkpoint, not at the start.
+    std::fs::write(&config, format!("{}{}", sink(&b_out), source(100))).unwrap();
+    let (status, body) = post(&addr, "/-/reload");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("sources: 1 started, 1 stopped"), "{body}");
+    assert!(!body.contains("sinks:"), "the sink did not change: {body}");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(from_file(1_000, 1_010).as_bytes()).unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        || (log_events() >= 1_010.0).then_some(()),
+        || format!("the restarted file source read {} lines", log_events()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(log_events(), 1_010.0, "no line of new.log read twice");
+    write_range(40_000, 40_010);
+    stdin_events(40_010.0);
+
+    // SIGTERM: sinks deliver what they hold.
+    drop(input);
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &weir.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(weir.child.wait().unwrap().success());
+    let read = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect()
+    };
+    let (a, b) = (read(&a_out), read(&b_out));
+    let ns = |v: &[serde_json::Value]| -> Vec<u64> {
+        v.iter().filter_map(|e| e["n"].as_u64()).collect()
+    };
+    let (na, nb) = (ns(&a), ns(&b));
+    assert!(
+        !na.is_empty() && !nb.is_empty(),
+        "{} in a, {} in b",
+        na.len(),
+        nb.len()
+    );
+    let all: Vec<u64> = na.iter().chain(&nb).copied().collect();
+    assert_eq!(
+        all,
+        (0..40_010).collect::<Vec<u64>>(),
+        "each stdin line once, in order"
+    );
+    let fs: Vec<u64> = b.iter().filter_map(|e| e["f"].as_u64()).collect();
+    assert_eq!(
+        fs,
+        (0..1_010).collect::<Vec<u64>>(),
+        "new.log's lines once, in b.out"
+    );
+    assert!(a.iter().all(|e| e["f"].is_null()));
 }

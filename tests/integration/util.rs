@@ -401,3 +401,19 @@ pub fn wait_for_metric(addr: &str, name: &str, labels: &[(&str, &str)], want: f6
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// POSTs to a path of a running weir, returning status and body.
+pub fn post(addr: &str, path: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .expect("POST");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    })
+}

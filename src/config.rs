@@ -251,7 +251,14 @@ impl PipelineConfig {
             }
         }
         for (i, sink) in self.sinks.iter().enumerate() {
-            if let Err(message) = sink.check() {
+            let twice = sink
+                .name()
+                .filter(|n| self.sinks[..i].iter().any(|o| o.name() == Some(n)));
+            let check = match twice {
+                Some(n) => Err(format!("name {n:?}: another sink has this name already")),
+                None => sink.check(),
+            };
+            if let Err(message) = check {
                 let at = text
                     .match_indices("[[sinks]]")
                     .nth(i)
@@ -363,6 +370,26 @@ mod tests {
         assert!(e.contains("did you mean `loki`?"), "{e}");
         let e = err("[[metrics]\n");
         assert!(e.starts_with("p.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn sink_names_are_checked_and_unique() {
+        let two = |a: &str, b: &str| {
+            format!("[[sinks]]\ntype = \"stdout\"\nname = \"{a}\"\n\n[[sinks]]\ntype = \"file\"\npath = \"x\"\nname = \"{b}\"\n")
+        };
+        let e = err(&two("out", "out"));
+        assert!(
+            e.starts_with("p.toml:5:1: sinks[1]: name \"out\": another sink has this name already"),
+            "{e}"
+        );
+        let e = err(&two("out", "a/b"));
+        assert!(
+            e.contains("sinks[1]: name \"a/b\": expected letters, digits, `_` and `-` only"),
+            "{e}"
+        );
+        let text = two("out", "archive");
+        let c = PipelineConfig::parse("p.toml", &text).unwrap();
+        assert_eq!(c.sinks[1].name(), Some("archive"));
     }
 
     #[test]

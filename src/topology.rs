@@ -444,8 +444,8 @@ impl CliAdditions {
         }
     }
 
-    /// The sinks to run, named: the pipeline's, then the command line's; `loki`, or `loki_2`
-    /// when there are several of a kind.
+    /// The sinks to run, named: the pipeline's, then the command line's; by their `name`,
+    /// else `loki`, or `loki_2` when there are several of a kind.
     pub fn sinks(&self, pipeline: Vec<SinkCfg>) -> Vec<(String, SinkCfg)> {
         let mut cfgs = pipeline;
         cfgs.extend(self.sinks.iter().cloned());
@@ -462,10 +462,10 @@ impl CliAdditions {
             .enumerate()
             .map(|(i, c)| {
                 let same = kinds.iter().filter(|k| **k == c.kind()).count();
-                let name = if same > 1 {
-                    format!("{}_{}", c.kind(), i)
-                } else {
-                    c.kind().to_string()
+                let name = match c.name() {
+                    Some(n) => n.to_string(),
+                    None if same > 1 => format!("{}_{}", c.kind(), i),
+                    None => c.kind().to_string(),
                 };
                 (name, c)
             })
@@ -871,4 +871,49 @@ fn progress_bar(paths: &[PathBuf]) -> ProgressBar {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sinks(toml_text: &str) -> Vec<SinkCfg> {
+        #[derive(serde::Deserialize)]
+        struct S {
+            sinks: Vec<SinkCfg>,
+        }
+        toml::from_str::<S>(toml_text).expect("sinks").sinks
+    }
+
+    #[test]
+    fn sinks_are_named_by_their_name_else_their_kind() {
+        let adds = CliAdditions {
+            stdout: true,
+            ..CliAdditions::default()
+        };
+        let named =
+            |t: &str| -> Vec<String> { adds.sinks(sinks(t)).into_iter().map(|(n, _)| n).collect() };
+        let two =
+            "[[sinks]]\ntype = \"file\"\npath = \"a\"\n[[sinks]]\ntype = \"file\"\npath = \"b\"\n";
+        assert_eq!(named(two), ["file_0", "file_1", "stdout"]);
+        let named_two = "[[sinks]]\ntype = \"file\"\npath = \"a\"\nname = \"main\"\n[[sinks]]\ntype = \"file\"\npath = \"b\"\nname = \"archive\"\n";
+        assert_eq!(named(named_two), ["main", "archive", "stdout"]);
+    }
+
+    #[test]
+    fn stdin_only_when_nothing_else_is_configured() {
+        let none = CliAdditions::default();
+        assert!(matches!(
+            none.sources(Vec::new())[..],
+            [SourceConfig::Stdin(_)]
+        ));
+        let tcp = CliAdditions {
+            tcp: vec!["127.0.0.1:0".into()],
+            ..CliAdditions::default()
+        };
+        assert!(matches!(
+            tcp.sources(Vec::new())[..],
+            [SourceConfig::Tcp(_)]
+        ));
+    }
 }

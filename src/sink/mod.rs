@@ -417,6 +417,12 @@ pub enum SinkConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {
+    /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in
+    /// reloads, which keep a sink whose name and settings are unchanged. Letters, digits, `_`
+    /// and `-`. Default: its type, or `type_i` (i: its place among the sinks) when several
+    /// sinks share a type — name them, so that adding one does not rename the others.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     pub buffer: BufferConfig,
 }
@@ -425,6 +431,12 @@ pub struct StdoutConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
+    /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in
+    /// reloads, which keep a sink whose name and settings are unchanged. Letters, digits, `_`
+    /// and `-`. Default: its type, or `type_i` (i: its place among the sinks) when several
+    /// sinks share a type — name them, so that adding one does not rename the others.
+    #[serde(default)]
+    pub name: Option<String>,
     /// File the lines are appended to (created if missing).
     pub path: std::path::PathBuf,
     #[serde(default)]
@@ -461,7 +473,27 @@ impl SinkConfig {
 
     /// What serde cannot check (endpoints, secrets, templates). Pure but for reading the
     /// environment variables that hold secrets.
+    /// The name given in the config, if any.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            SinkConfig::Loki(c) => c.name.as_deref(),
+            SinkConfig::Elasticsearch(c) => c.name.as_deref(),
+            SinkConfig::Stdout(c) => c.name.as_deref(),
+            SinkConfig::File(c) => c.name.as_deref(),
+        }
+    }
+
     pub fn check(&self) -> Result<(), String> {
+        if let Some(n) = self.name() {
+            let ok = !n.is_empty()
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(format!(
+                    "name {n:?}: expected letters, digits, `_` and `-` only"
+                ));
+            }
+        }
         if self.buffer().max_events == 0 {
             return Err("buffer.max_events must be at least 1".into());
         }

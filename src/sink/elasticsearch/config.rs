@@ -20,6 +20,12 @@ const MAX_INDEX_BYTES: usize = 255;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ElasticsearchConfig {
+    /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in
+    /// reloads, which keep a sink whose name and settings are unchanged. Letters, digits, `_`
+    /// and `-`. Default: its type, or `type_i` (i: its place among the sinks) when several
+    /// sinks share a type — name them, so that adding one does not rename the others.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Base URL of Elasticsearch, such as `http://es:9200`; batches are sent to
     /// `{endpoint}/_bulk`. Required.
     pub endpoint: String,
@@ -105,6 +111,7 @@ impl ElasticsearchConfig {
     /// --elasticsearch URL`).
     pub fn with_endpoint(endpoint: impl Into<String>) -> ElasticsearchConfig {
         ElasticsearchConfig {
+            name: None,
             endpoint: endpoint.into(),
             index: default_index(),
             mode: EsMode::default(),

@@ -18,6 +18,12 @@ const PUSH_PATH: &str = "/loki/api/v1/push";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LokiConfig {
+    /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in
+    /// reloads, which keep a sink whose name and settings are unchanged. Letters, digits, `_`
+    /// and `-`. Default: its type, or `type_i` (i: its place among the sinks) when several
+    /// sinks share a type — name them, so that adding one does not rename the others.
+    #[serde(default)]
+    pub name: Option<String>,
     /// Base URL of Loki, such as `http://loki:3100`; lines are pushed to
     /// `{endpoint}/loki/api/v1/push`. Required.
     pub endpoint: String,
@@ -111,6 +117,7 @@ impl LokiConfig {
     /// A config with the defaults for everything but the endpoint (for `weir run --loki URL`).
     pub fn with_endpoint(endpoint: impl Into<String>) -> LokiConfig {
         LokiConfig {
+            name: None,
             endpoint: endpoint.into(),
             encoding: default_encoding(),
             labels: default_labels(),

@@ -107,12 +107,22 @@ pub fn explain(cfg: &PipelineConfig, p: &CompiledPipeline) -> String {
     if p.sinks.is_empty() {
         o.push_str("  (none: metrics only; --loki, --elasticsearch, --stdout add some)\n");
     }
-    for s in &p.sinks {
-        let _ = match s {
-            SinkConfig::Loki(c) => writeln!(o, "  loki {}", c.endpoint),
-            SinkConfig::Elasticsearch(c) => writeln!(o, "  elasticsearch {}", c.endpoint),
-            SinkConfig::Stdout(_) => writeln!(o, "  stdout"),
-            SinkConfig::File(c) => writeln!(o, "  file {}", c.path.display()),
+    let named = crate::topology::CliAdditions::default().sinks(p.sinks.clone());
+    for (name, s) in &named {
+        let what = match s {
+            SinkConfig::Loki(c) => format!("loki {}", c.endpoint),
+            SinkConfig::Elasticsearch(c) => format!("elasticsearch {}", c.endpoint),
+            SinkConfig::Stdout(_) => "stdout".to_string(),
+            SinkConfig::File(c) => format!("file {}", c.path.display()),
+        };
+        let buffer = match s.buffer().kind {
+            crate::sink::BufferKind::Disk => ", disk buffer",
+            crate::sink::BufferKind::Memory => "",
+        };
+        let _ = if name == s.kind() {
+            writeln!(o, "  {what}{buffer}")
+        } else {
+            writeln!(o, "  {what} (sink {name}{buffer})")
         };
     }
     o.push_str("alerts\n");

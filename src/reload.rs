@@ -24,6 +24,7 @@
 //!   file source is only restarted with a `data_dir` (without one it would read its files
 //!   again: the change then waits for a restart). stdin is never stopped (the application
 //!   writing to it would lose its pipe); a TCP source that restarts closes its connections.
+//!   A reload never stops every source (weir would end): the sources then stay as they were.
 //! - **Notifiers**: changed ones get a new dispatcher; the old one sends what it has queued
 //!   (within `shutdown_timeout_secs`) and ends.
 //!
@@ -466,6 +467,11 @@ async fn change_sources(
             _ => {}
         }
         start.push(cfg);
+    }
+    if start.is_empty() && stop.len() == parts.sources.len() && !stop.is_empty() {
+        // Stopping every source would end weir: a reload never does that.
+        waiting.push("no source would be left: the sources keep running as they were".into());
+        stop.clear();
     }
     if stop.is_empty() && start.is_empty() {
         return Ok((!waiting.is_empty()).then(|| waiting.join("; ")));

@@ -262,3 +262,47 @@ fn a_reload_swaps_sinks_and_sources_without_loss() {
     );
     assert!(a.iter().all(|e| e["f"].is_null()));
 }
+
+/// A reload that would leave no source (the file's only source removed; stdin cannot be
+/// started late) keeps the running one, says so, and weir keeps reading.
+#[test]
+fn a_reload_never_stops_the_last_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, log) = (dir.path().join("p.toml"), dir.path().join("app.log"));
+    std::fs::write(&log, "{\"n\":0}\n").unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[[sources]]\ntype = \"file\"\npaths = [{:?}]\n",
+            log.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let data_arg = dir.path().join("data").display().to_string();
+    let mut weir = spawn_weir(&["--config", &config_arg, "--data-dir", &data_arg]);
+    let label = log.display().to_string();
+    let read = || metric(&weir.addr, "weir_events_total", &[("source", &label)]);
+    wait_for(
+        Duration::from_secs(30),
+        || (read() == 1.0).then_some(()),
+        || "the first line was never read".into(),
+    );
+    std::fs::write(&config, "").unwrap();
+    let (status, body) = post(&weir.addr, "/-/reload");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("no source would be left: the sources keep running as they were"),
+        "{body}"
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"{\"n\":1}\n").unwrap();
+    wait_for(
+        Duration::from_secs(30),
+        || (read() == 2.0).then_some(()),
+        || "the file source stopped".into(),
+    );
+    assert!(weir.child.try_wait().unwrap().is_none(), "weir still runs");
+    let _ = weir.child.kill();
+    let _ = weir.child.wait();
+}

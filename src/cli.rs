@@ -382,24 +382,7 @@ pub fn prometheus_rules(p: &config::CompiledPipeline) -> String {
 fn grafana_dashboard(a: &GrafanaDashboardArgs) -> anyhow::Result<ExitCode> {
     use crate::dashboard::{self, DashboardMetric};
     let selfm = SelfMetrics::new();
-    let (name, text) = match &a.config {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(t) => (path.display().to_string(), t),
-            Err(source) => {
-                let path = path.clone();
-                return config_error(ConfigError::Read { path, source });
-            }
-        },
-        None => (
-            config::DEFAULT_PIPELINE_NAME.to_string(),
-            config::DEFAULT_PIPELINE.to_string(),
-        ),
-    };
-    let cfg = match config::PipelineConfig::parse(&name, &text) {
-        Ok(c) => c,
-        Err(e) => return config_error(e),
-    };
-    let p = match cfg.compile(&name, &text, &selfm) {
+    let p = match config::load(a.config.as_deref(), &selfm) {
         Ok(p) => p,
         Err(e) => return config_error(e),
     };
@@ -410,11 +393,7 @@ fn grafana_dashboard(a: &GrafanaDashboardArgs) -> anyhow::Result<ExitCode> {
         .map(|m| DashboardMetric {
             name: &m.name,
             kind: m.kind,
-            help: cfg
-                .metrics
-                .iter()
-                .find(|c| *c.name.get_ref() == m.name)
-                .and_then(|c| c.help.as_deref()),
+            help: m.help.as_deref(),
             label_names: &m.label_names,
             counts_events: m.counts_events(),
         })
@@ -458,6 +437,14 @@ fn client_addr(addr: Option<String>) -> String {
     })
 }
 
+/// The single-threaded runtime of the client commands (`tap`, `top`, `health`).
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
+}
+
 /// `weir top`: polls a running weir's `GET /stats` and shows its numbers.
 fn run_top(args: &TopArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.interval_secs > 0.0, "--interval-secs must be above 0");
@@ -466,10 +453,7 @@ fn run_top(args: &TopArgs) -> anyhow::Result<ExitCode> {
         interval: std::time::Duration::from_secs_f64(args.interval_secs),
         count: args.count,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = client_runtime()?;
     runtime.block_on(crate::top::run(opts))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -477,10 +461,7 @@ fn run_top(args: &TopArgs) -> anyhow::Result<ExitCode> {
 fn run_health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
     let addr = client_addr(args.addr.clone());
     let url = format!("http://{addr}/health");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = client_runtime()?;
     let timeout = std::time::Duration::from_secs(args.timeout_secs);
     let answer = runtime.block_on(async {
         let client = reqwest::Client::builder().timeout(timeout).build()?;
@@ -521,10 +502,7 @@ fn config_error(e: ConfigError) -> anyhow::Result<ExitCode> {
 /// or the rate (its message on stderr); 1 when weir cannot be reached.
 fn run_tap(args: TapArgs) -> anyhow::Result<ExitCode> {
     let addr = client_addr(args.addr.clone());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the tokio runtime")?;
+    let runtime = client_runtime()?;
     runtime.block_on(async move {
         let mut query = vec![("rate", args.rate.to_string())];
         if let Some(f) = &args.filter {

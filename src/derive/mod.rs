@@ -153,6 +153,8 @@ fn inc(c: &Option<IntCounter>) {
 pub struct CompiledMetric {
     pub name: String,
     pub kind: MetricKind,
+    /// The `help` of its config, if it has one.
+    pub help: Option<String>,
     pub label_names: Vec<String>,
     pub buckets: Vec<f64>,
     when: Option<Condition>,
@@ -395,6 +397,7 @@ impl MetricConfig {
         Ok(CompiledMetric {
             name,
             kind: self.kind,
+            help: self.help.clone().filter(|h| !h.is_empty()),
             label_names,
             buckets: if self.kind == MetricKind::Histogram {
                 buckets

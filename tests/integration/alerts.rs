@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::support::server::wait_for;
 use crate::support::webhook;
-use crate::util::{have_tool, weir};
+use crate::util::{free_port, have_tool, http_get, weir};
 
 /// 2024-01-01T00:00:00Z, where `weir generate demo-logs` starts its clock.
 const START: i64 = 1_704_067_200;
@@ -316,29 +316,10 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GETs `url`: the status, and the body as JSON (`Null` if it is not).
 fn get_json(url: &str) -> Option<(u16, Value)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .ok()?;
-        let res = client.get(url).send().await.ok()?;
-        let status = res.status().as_u16();
-        Some((status, res.json().await.unwrap_or(Value::Null)))
-    })
+    let (status, body) = http_get(url, &[])?;
+    Some((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
 }
 
 /// Starts Alertmanager on 127.0.0.1 with a receiver that drops everything.

@@ -310,10 +310,7 @@ fn series_limit_overflows_into_one_series_and_counts() {
 /// METRICS_PORT sets the port when --listen is absent.
 #[test]
 fn metrics_port_from_the_environment() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = free_port();
     let mut child = weir()
         .arg("run")
         .env("METRICS_PORT", port.to_string())

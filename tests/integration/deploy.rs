@@ -24,8 +24,8 @@ use yaml_rust2::{Yaml, YamlLoader};
 use crate::support::loki::LokiReceiver;
 use crate::support::server::wait_for;
 use crate::util::{
-    demo_logs, expected_agent_metrics, get, have_tool, parse_exposition, scrape_when_processed,
-    spawn_weir, weir,
+    demo_logs, expected_agent_metrics, free_port, get, have_tool, http_get, parse_exposition,
+    scrape_when_processed, spawn_weir, weir,
 };
 
 fn repo() -> PathBuf {
@@ -649,10 +649,7 @@ impl Prometheus {
     /// Starts `prometheus` on a free loopback port, scraping `target` every second and
     /// evaluating `rules` every second; returns once it is ready.
     fn start(dir: &Path, target: &str, rules: &Path) -> Prometheus {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
@@ -719,25 +716,6 @@ impl Prometheus {
             _ => None,
         }
     }
-}
-
-/// GET with query parameters; `None` when nothing answers.
-fn http_get(url: &str, query: &[(&str, &str)]) -> Option<(u16, String)> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let res = reqwest::Client::new()
-            .get(url)
-            .query(query)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .ok()?;
-        let status = res.status().as_u16();
-        Some((status, res.text().await.ok()?))
-    })
 }
 
 /// `histogram_quantile` as Prometheus computes it from cumulative buckets `(le, count)`,

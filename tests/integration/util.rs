@@ -253,19 +253,36 @@ pub fn spawn_weir(args: &[&str]) -> Running {
     }
 }
 
-/// GETs a path of a running weir, returning status and body.
-pub fn get(addr: &str, path: &str) -> (u16, String) {
+/// GET with query parameters (10 s timeout); `None` when nothing answers.
+pub fn http_get(url: &str, query: &[(&str, &str)]) -> Option<(u16, String)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let res = reqwest::get(format!("http://{addr}{path}"))
+        let res = reqwest::Client::new()
+            .get(url)
+            .query(query)
+            .timeout(Duration::from_secs(10))
+            .send()
             .await
-            .expect("GET");
+            .ok()?;
         let status = res.status().as_u16();
-        (status, res.text().await.expect("body"))
+        Some((status, res.text().await.ok()?))
     })
+}
+
+/// GETs a path of a running weir, returning status and body.
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    http_get(&format!("http://{addr}{path}"), &[]).expect("GET")
+}
+
+/// A port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Scrapes until `weir_events_total` reaches `lines`, then returns the exposition.

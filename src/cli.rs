@@ -646,9 +646,16 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     runtime.block_on(topology::run(pipeline, opts, selfm.clone(), shutdown))?;
     if args.oneshot {
-        let text = server::exposition(&registry, &selfm)?;
-        let mut out = std::io::stdout().lock();
-        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // Written chunk by chunk, as /metrics streams it: never the whole text in memory.
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut written = Ok(());
+        for chunk in server::Exposition::gather(&registry, &selfm) {
+            written = out.write_all(chunk?.as_bytes());
+            if written.is_err() {
+                break;
+            }
+        }
+        match written.and_then(|()| out.flush()) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
             r => r.context("writing the exposition")?,
         }

@@ -214,6 +214,24 @@ impl PipelineConfig {
                     ),
                 )));
             }
+            if let Some((first, series)) = self.metrics[..i].iter().find_map(|o| {
+                let theirs = exposed_names(o.name.get_ref(), o.kind);
+                exposed_names(m.name.get_ref(), m.kind)
+                    .into_iter()
+                    .find(|n| theirs.contains(n))
+                    .map(|n| (o, n))
+            }) {
+                let first_line = locate(path, text, first.name.span().start, String::new()).line;
+                return Err(place(CompileError::at(
+                    m.name.span(),
+                    format!(
+                        "metric {:?} collides with the {} {:?} (line {first_line}): both would write the series {series:?}; rename one",
+                        m.name.get_ref(),
+                        format!("{:?}", first.kind).to_lowercase(),
+                        first.name.get_ref(),
+                    ),
+                )));
+            }
             metrics.push(m.compile(&mut trie, &registry, selfm).map_err(place)?);
         }
         let mut feed = Feed::default();
@@ -287,6 +305,19 @@ impl PipelineConfig {
             rules,
             notifiers: self.notifiers.clone(),
         })
+    }
+}
+
+/// The sample names a metric writes in the exposition: a histogram `x` also writes `x_bucket`,
+/// `x_sum` and `x_count`, so a counter named `x_bucket` beside it would make an exposition
+/// that Prometheus rejects.
+fn exposed_names(name: &str, kind: crate::derive::MetricKind) -> Vec<String> {
+    match kind {
+        crate::derive::MetricKind::Histogram => ["", "_bucket", "_sum", "_count"]
+            .iter()
+            .map(|s| format!("{name}{s}"))
+            .collect(),
+        _ => vec![name.to_string()],
     }
 }
 
@@ -439,6 +470,47 @@ mod tests {
             e.starts_with(
                 "p.toml:6:8: duplicate metric name \"a_total\" (first defined on line 2)"
             ),
+            "{e}"
+        );
+    }
+
+    /// A counter `x_bucket` beside a histogram `x` validated, and promtool rejected the
+    /// exposition. Every suffix, in both orders, is a located error.
+    #[test]
+    fn names_colliding_with_histogram_series() {
+        let e = err("[[metrics]]\nname = \"x\"\nkind = \"histogram\"\nvalue = \"d\"\n\n[[metrics]]\nname = \"x_bucket\"\nkind = \"counter\"\n");
+        assert!(
+            e.starts_with("p.toml:7:8: metric \"x_bucket\" collides with the histogram \"x\" (line 2): both would write the series \"x_bucket\"; rename one"),
+            "{e}"
+        );
+        for (first, second, series) in [
+            ("x_sum\"\nkind = \"gauge\"\nvalue = \"v", "x\"\nkind = \"histogram\"\nvalue = \"d", "x_sum"),
+            ("x_count\"\nkind = \"counter", "x\"\nkind = \"histogram\"\nvalue = \"d", "x_count"),
+            ("x\"\nkind = \"histogram\"\nvalue = \"d", "x_count\"\nkind = \"histogram\"\nvalue = \"d", "x_count"),
+        ] {
+            let e = err(&format!(
+                "[[metrics]]\nname = \"{first}\"\n\n[[metrics]]\nname = \"{second}\"\n"
+            ));
+            assert!(e.contains(&format!("both would write the series {series:?}")), "{e}");
+        }
+        // Near misses are fine.
+        let text = "[[metrics]]\nname = \"x\"\nkind = \"histogram\"\nvalue = \"d\"\n\n[[metrics]]\nname = \"x_buckets\"\nkind = \"counter\"\n";
+        let selfm = SelfMetrics::new();
+        assert!(PipelineConfig::parse("p.toml", text)
+            .unwrap()
+            .compile("p.toml", text, &selfm)
+            .is_ok());
+    }
+
+    /// A `when` nested 20,000 deep aborted `weir validate` (rc 134); it is a located error.
+    #[test]
+    fn deeply_nested_conditions_are_located_errors() {
+        let when = format!("{}a == 1{}", "(".repeat(20_000), ")".repeat(20_000));
+        let e = err(&format!(
+            "[[metrics]]\nname = \"x_total\"\nkind = \"counter\"\nwhen = '{when}'\n"
+        ));
+        assert!(
+            e.starts_with("p.toml:4:73: invalid condition: expected at most 64 nested `(` or `!`"),
             "{e}"
         );
     }

@@ -13,7 +13,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::proto::{Metric, MetricFamily};
+use prometheus::{Registry, TextEncoder};
 
 use crate::alert::engine::SharedView;
 use crate::telemetry::SelfMetrics;
@@ -47,26 +48,86 @@ impl<E: Into<anyhow::Error>> From<E> for AppError {
     }
 }
 
-/// The exposition of the derived metrics followed by weir's own.
-pub fn exposition(derived: &Registry, selfm: &SelfMetrics) -> Result<String, prometheus::Error> {
-    let mut families = derived.gather();
-    families.extend(selfm.registry.gather());
-    let mut buf = Vec::with_capacity(16 * 1024);
-    TextEncoder::new().encode(&families, &mut buf)?;
-    // The encoder writes UTF-8 from valid strings.
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+/// Series encoded per chunk of [`Exposition`].
+const CHUNK_SERIES: usize = 256;
+
+/// The exposition of the derived metrics followed by weir's own, as text chunks of at most
+/// [`CHUNK_SERIES`] series each: `/metrics` streams them, so a scrape holds the gathered
+/// samples and one chunk of text, never the whole text (a histogram's label values are repeated
+/// on each of its bucket lines, so the text is many times the samples). What the samples can
+/// hold is bounded by the metrics' caps (`max_series`, `max_label_value_bytes`).
+pub struct Exposition {
+    families: std::vec::IntoIter<MetricFamily>,
+    /// The family being written (without its samples), the samples left, and whether its
+    /// `# HELP`/`# TYPE` header is written.
+    current: Option<(MetricFamily, std::vec::IntoIter<Metric>, bool)>,
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, AppError> {
-    let body = exposition(&state.derived, &state.selfm)?;
-    Ok((
+impl Exposition {
+    pub fn gather(derived: &Registry, selfm: &SelfMetrics) -> Self {
+        let mut families = derived.gather();
+        families.extend(selfm.registry.gather());
+        Exposition {
+            families: families.into_iter(),
+            current: None,
+        }
+    }
+}
+
+impl Iterator for Exposition {
+    type Item = Result<String, prometheus::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let (family, samples, header_written) = match &mut self.current {
+                Some(c) => c,
+                None => {
+                    let mut family = self.families.next()?;
+                    let samples = family.take_metric().into_iter();
+                    self.current.insert((family, samples, false))
+                }
+            };
+            let chunk: Vec<Metric> = samples.by_ref().take(CHUNK_SERIES).collect();
+            if chunk.is_empty() {
+                self.current = None;
+                continue;
+            }
+            let mut part = family.clone();
+            part.set_metric(chunk);
+            let continued = *header_written;
+            if continued {
+                // An empty help writes no `# HELP`; the `# TYPE` line is cut below.
+                part.set_help(String::new());
+            }
+            *header_written = true;
+            let mut text = String::new();
+            if let Err(e) = TextEncoder::new().encode_utf8(&[part], &mut text) {
+                return Some(Err(e));
+            }
+            if continued {
+                let body = text.find('\n').map_or(text.len(), |at| at + 1);
+                text.drain(..body);
+            }
+            return Some(Ok(text));
+        }
+    }
+}
+
+/// The whole exposition as one text (`--oneshot`, tests).
+pub fn exposition(derived: &Registry, selfm: &SelfMetrics) -> Result<String, prometheus::Error> {
+    Exposition::gather(derived, selfm).collect()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let chunks = Exposition::gather(&state.derived, &state.selfm);
+    (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        body,
+        axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
     )
-        .into_response())
+        .into_response()
 }
 
 /// `GET /stats`: weir's self-metrics as JSON, for `weir top`.
@@ -212,5 +273,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    /// A family of 1,000 series is written in chunks that, joined, are exactly what the
+    /// encoder writes for the whole family (one `# HELP`, one `# TYPE`).
+    #[test]
+    fn chunks_join_to_the_whole_exposition() {
+        let selfm = SelfMetrics::new();
+        let derived = Registry::new();
+        let h = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("h_seconds", "H.").buckets(vec![1.0, 2.0]),
+            &["id"],
+        )
+        .unwrap();
+        derived.register(Box::new(h.clone())).unwrap();
+        for i in 0..1_000 {
+            h.with_label_values(&[&format!("id-{i}")]).observe(1.5);
+        }
+        let mut families = derived.gather();
+        families.extend(selfm.registry.gather());
+        let mut whole = String::new();
+        TextEncoder::new()
+            .encode_utf8(&families, &mut whole)
+            .unwrap();
+        let chunks: Vec<String> = Exposition::gather(&derived, &selfm)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(chunks.len() >= 1_000 / CHUNK_SERIES, "{}", chunks.len());
+        assert!(chunks.iter().all(|c| !c.is_empty()));
+        assert_eq!(chunks.concat(), whole);
+        assert_eq!(whole.matches("# TYPE h_seconds histogram\n").count(), 1);
     }
 }

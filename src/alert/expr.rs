@@ -24,6 +24,12 @@
 //! Prometheus writes them), so [`format_duration`] gives back a text that parses again.
 //!
 //! Semantics (checked by the caller, which knows the metrics' kinds) live in `alert::rule`.
+//!
+//! The tree is bounded, so that checking, evaluating and dropping it (all recursive) cannot
+//! overflow the stack: parentheses nest at most [`MAX_DEPTH`] deep and an expression has at most
+//! [`MAX_OPERATORS`] arithmetic operators (a chain `a + a + ...` is a tree as deep as it is
+//! long). Both are counted in the parser's state; past them the error has the column. The
+//! condition of `absent(...)` has its own limit (`derive::condition`).
 
 use std::fmt;
 use std::time::Duration;
@@ -35,6 +41,12 @@ use nom::combinator::{opt, recognize};
 use nom::error::{ErrorKind, ParseError};
 use nom::sequence::{pair, preceded};
 use nom::{IResult, Parser};
+use std::cell::Cell;
+
+/// How deeply parentheses may nest in a rule's arithmetic.
+pub const MAX_DEPTH: usize = 64;
+/// How many `+ - * /` a rule's arithmetic may have.
+pub const MAX_OPERATORS: usize = 256;
 
 /// How a metric term is aggregated over the window.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -425,9 +437,26 @@ pub fn format_duration(d: Duration) -> String {
 
 struct Rules<'s> {
     src: &'s str,
+    /// Parentheses entered and not yet left.
+    depth: Cell<usize>,
+    /// Arithmetic operators read so far.
+    operators: Cell<usize>,
 }
 
 impl<'s> Rules<'s> {
+    /// Counts one more operator (at `at`); past [`MAX_OPERATORS`] a located failure.
+    fn operator(&self, at: &'s str) -> Result<(), nom::Err<PErr<'s>>> {
+        let n = self.operators.get() + 1;
+        if n > MAX_OPERATORS {
+            return Err(fail(
+                at,
+                "at most 256 arithmetic operators (the expression has more)",
+            ));
+        }
+        self.operators.set(n);
+        Ok(())
+    }
+
     fn offset(&self, i: &'s str) -> usize {
         self.src.len() - i.len()
     }
@@ -602,6 +631,7 @@ impl<'s> Rules<'s> {
                 Some(c @ ('+' | '-')) => c,
                 _ => return Ok((i, acc)),
             };
+            self.operator(rest)?;
             let (rest, rhs) = self.term(&rest[1..])?;
             acc = if op == '+' {
                 Arith::Add(Box::new(acc), Box::new(rhs))
@@ -620,6 +650,7 @@ impl<'s> Rules<'s> {
                 Some(c @ ('*' | '/')) => c,
                 _ => return Ok((i, acc)),
             };
+            self.operator(rest)?;
             let (rest, rhs) = self.factor(&rest[1..])?;
             acc = if op == '*' {
                 Arith::Mul(Box::new(acc), Box::new(rhs))
@@ -633,7 +664,16 @@ impl<'s> Rules<'s> {
     fn factor(&self, i: &'s str) -> Res<'s, Arith> {
         let (i, _) = multispace0(i)?;
         if let Some(rest) = i.strip_prefix('(') {
+            let depth = self.depth.get();
+            if depth >= MAX_DEPTH {
+                return Err(fail(
+                    i,
+                    "at most 64 nested `(` (the expression nests deeper)",
+                ));
+            }
+            self.depth.set(depth + 1);
             let (rest, inner) = self.arith(rest)?;
+            self.depth.set(depth);
             let (rest, _) = expect("`)` or an operator (+, -, *, /)", ws(char(')'))).parse(rest)?;
             return Ok((rest, inner));
         }
@@ -722,7 +762,12 @@ fn column(src: &str, byte_offset: usize) -> usize {
 
 /// Parses a rule expression.
 pub fn parse(src: &str) -> Result<RuleExpr, ExprError> {
-    match (Rules { src }).rule(src) {
+    let rules = Rules {
+        src,
+        depth: Cell::new(0),
+        operators: Cell::new(0),
+    };
+    match rules.rule(src) {
         Ok((_, rule)) => Ok(rule),
         Err(nom::Err::Error(e)) | Err(nom::Err::Failure(e)) => Err(ExprError {
             column: column(src, src.len() - e.input.len()),
@@ -1085,6 +1130,40 @@ mod tests {
         for (src, column, expected) in cases {
             assert_eq!(err(src), (*column, expected.to_string()), "{src}");
         }
+    }
+
+    /// The attacker's inputs: 20,000 nested `(`, and a 200,000-term chain, which builds a tree
+    /// as deep as it is long. Both are refused with the column, the stack untouched.
+    #[test]
+    fn nesting_and_length_past_the_limits_are_located_errors() {
+        let deep = format!("{}count(x){} > 1", "(".repeat(20_000), ")".repeat(20_000));
+        assert_eq!(
+            err(&deep),
+            (
+                MAX_DEPTH + 1,
+                "at most 64 nested `(` (the expression nests deeper)".into()
+            )
+        );
+        let chain = format!("count(x){} > 1", " + 1".repeat(200_000));
+        // The 257th `+`: after `count(x)` (8 characters), 256 × ` + 1` (4 each) and a space.
+        assert_eq!(
+            err(&chain),
+            (
+                8 + 4 * MAX_OPERATORS + 2,
+                "at most 256 arithmetic operators (the expression has more)".into()
+            )
+        );
+        let at_limit = format!(
+            "{}count(x){}{} > 1",
+            "(".repeat(MAX_DEPTH),
+            ")".repeat(MAX_DEPTH),
+            " * 2".repeat(MAX_OPERATORS)
+        );
+        assert!(parse(&at_limit).is_ok(), "{:?}", parse(&at_limit));
+        // absent(...) hands its condition to the condition parser, which has its own limit;
+        // finding the condition's end is a loop, whatever the nesting.
+        let absent = format!("absent({}a == 1{}) for 1m", "(".repeat(20_000), ")".repeat(20_000));
+        assert!(parse(&absent).is_ok());
     }
 
     #[test]

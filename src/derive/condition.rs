@@ -16,6 +16,11 @@
 //!
 //! Parsing happens in two steps: text to [`Ast`] (syntax errors, with the column), then
 //! [`Ast::compile`] resolves paths and builds regexes (semantic errors, with the column).
+//!
+//! Nesting (`(` and `!`) is limited to [`MAX_DEPTH`] levels, counted in the parser's state: a
+//! condition also arrives from the network (`GET /tap?filter=`), and 2,000 `(` in a 4 KB URL
+//! must be a 400 with a column, not a stack overflow. The tree is therefore at most that deep,
+//! so compiling, evaluating and dropping it (all recursive) are bounded too.
 
 use nom::branch::alt;
 use nom::bytes::complete::{tag, take_while, take_while1};
@@ -26,6 +31,7 @@ use nom::multi::many0;
 use nom::sequence::{pair, preceded};
 use nom::{IResult, Parser};
 use regex::Regex;
+use std::cell::Cell;
 
 use crate::event::{Event, Level};
 use crate::parse::level::{level_from_number, level_from_str};
@@ -39,6 +45,11 @@ pub struct ConditionError {
     pub column: usize,
     pub expected: String,
 }
+
+/// How deeply `(` and `!` may nest in a condition.
+pub const MAX_DEPTH: usize = 64;
+
+const TOO_DEEP: &str = "at most 64 nested `(` or `!` (the condition nests deeper)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -234,9 +245,26 @@ fn literal(i: &str) -> Res<'_, Literal> {
 
 struct Parser0<'s> {
     src: &'s str,
+    /// Levels of `(` and `!` entered and not yet left.
+    depth: Cell<usize>,
 }
 
 impl<'s> Parser0<'s> {
+    /// Runs `f` one nesting level deeper; past [`MAX_DEPTH`] a failure located at `at`.
+    fn nested<O>(&self, at: &'s str, f: impl FnOnce() -> Res<'s, O>) -> Res<'s, O> {
+        let depth = self.depth.get();
+        if depth >= MAX_DEPTH {
+            return Err(nom::Err::Failure(PErr {
+                input: at,
+                expected: TOO_DEEP,
+            }));
+        }
+        self.depth.set(depth + 1);
+        let out = f();
+        self.depth.set(depth);
+        out
+    }
+
     fn or(&self, i: &'s str) -> Res<'s, Ast> {
         let (mut i, first) = self.and(i)?;
         let mut items = vec![first];
@@ -277,7 +305,7 @@ impl<'s> Parser0<'s> {
         let (i, _) = multispace0(i)?;
         // `!` but not `!=`/`!~`, which cannot start a condition anyway.
         if let Some(rest) = i.strip_prefix('!') {
-            let (rest, inner) = self.unary(rest)?;
+            let (rest, inner) = self.nested(i, || self.unary(rest))?;
             return Ok((rest, Ast::Not(Box::new(inner))));
         }
         self.primary(i)
@@ -285,9 +313,11 @@ impl<'s> Parser0<'s> {
 
     fn primary(&self, i: &'s str) -> Res<'s, Ast> {
         if let Some(rest) = i.strip_prefix('(') {
-            let (rest, inner) = self.or(rest)?;
-            let (rest, _) = expect("`)`, `&&` or `||`", ws(char(')'))).parse(rest)?;
-            return Ok((rest, inner));
+            return self.nested(i, || {
+                let (rest, inner) = self.or(rest)?;
+                let (rest, _) = expect("`)`, `&&` or `||`", ws(char(')'))).parse(rest)?;
+                Ok((rest, inner))
+            });
         }
         if let Ok((rest, _)) = (keyword("exists"), multispace0, char::<_, PErr>('(')).parse(i) {
             let (rest, p) = expect("a field path", ws(path)).parse(rest)?;
@@ -324,7 +354,10 @@ fn column(src: &str, byte_offset: usize) -> usize {
 impl Ast {
     /// Parses condition text.
     pub fn parse(src: &str) -> Result<Ast, ConditionError> {
-        let p = Parser0 { src };
+        let p = Parser0 {
+            src,
+            depth: Cell::new(0),
+        };
         match p.or(src) {
             Ok((rest, ast)) => {
                 let (rest, _) = multispace0::<_, PErr>(rest).unwrap_or((rest, ""));
@@ -624,6 +657,33 @@ mod tests {
                 "{src:?}"
             );
         }
+    }
+
+    /// The attacker's inputs: 2,000 and 20,000 nested `(`, 5,000 `!`. Each is refused at the
+    /// column of the first level too many, without touching the stack's limit.
+    #[test]
+    fn nesting_past_the_limit_is_a_located_error() {
+        for (open, n) in [("(", 2_000), ("(", 20_000), ("!", 5_000), ("!(", 3_000)] {
+            let src = format!("{}a == 1{}", open.repeat(n), ")".repeat(n));
+            let e = Ast::parse(&src).unwrap_err();
+            assert_eq!(e.expected, TOO_DEEP, "{open} x {n}");
+            // Every `(` and `!` is a level: the one past the limit is character 65.
+            assert_eq!(e.column, MAX_DEPTH + 1, "{open} x {n}");
+        }
+        // The limit itself parses.
+        let ok = format!("{}a == 1{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(Ast::parse(&ok).is_ok());
+        let ok = format!("{}true", "!".repeat(MAX_DEPTH));
+        assert_eq!(ast(&ok), {
+            let mut a = Ast::Const(true);
+            for _ in 0..MAX_DEPTH {
+                a = Ast::Not(Box::new(a));
+            }
+            a
+        });
+        // Sequences are not nesting: a long `||` chain is fine.
+        let long = vec!["a == 1"; 10_000].join(" || ");
+        assert!(matches!(ast(&long), Ast::Or(v) if v.len() == 10_000));
     }
 
     #[test]

@@ -7,8 +7,16 @@
 //! events that lack one. Each metric's label sets are capped and expire when idle ([`series`]).
 //!
 //! Invariants: [`Deriver::apply`] never allocates for an existing series and takes no lock; a
-//! matching event that cannot update its metric (no value, a value that is not a number, a
-//! negative counter increment) is counted in `weir_derive_errors_total{metric,reason}`.
+//! matching event that cannot update its metric (no value, a value that is not a number or not
+//! finite, a negative counter increment) is counted in `weir_derive_errors_total{metric,reason}`.
+//!
+//! Label values come from the lines, so an attacker chooses their length: each is cut to
+//! `max_label_value_bytes` (at a UTF-8 boundary) and the event counted under
+//! `reason="label_value_truncated"`. Cutting rather than rejecting keeps every event in the
+//! metric's totals (nothing is lost, sums stay right); values that share their first KiB share
+//! a series, and `max_series` still caps how many there are. With both caps, a metric's
+//! exposition is bounded by `max_series` × labels × `max_label_value_bytes` (Prometheus'
+//! `label_value_length_limit` guards the same thing by failing the whole scrape).
 
 pub mod condition;
 pub mod pair;
@@ -77,6 +85,14 @@ pub struct MetricConfig {
     /// Derive a duration from a start event paired with this end event.
     #[serde(default)]
     pub pair: Option<PairConfig>,
+    /// Longest label value kept, in bytes; longer values are cut (at a UTF-8 boundary) and
+    /// counted in `weir_derive_errors_total{reason="label_value_truncated"}`. Default: 1024.
+    #[serde(default = "default_max_label_value_bytes")]
+    pub max_label_value_bytes: usize,
+}
+
+const fn default_max_label_value_bytes() -> usize {
+    1024
 }
 
 const fn default_max_series() -> usize {
@@ -141,6 +157,27 @@ struct ErrorCounters {
     value_missing: Option<IntCounter>,
     value_not_numeric: Option<IntCounter>,
     negative_increment: Option<IntCounter>,
+    value_not_finite: Option<IntCounter>,
+    label_value_truncated: Option<IntCounter>,
+}
+
+/// `v` cut to at most `max` bytes, at a character boundary; whether it was cut.
+fn cut_label(v: Cow<'_, str>, max: usize) -> (Cow<'_, str>, bool) {
+    if v.len() <= max {
+        return (v, false);
+    }
+    let mut n = max;
+    while !v.is_char_boundary(n) {
+        n -= 1;
+    }
+    let cut = match v {
+        Cow::Borrowed(s) => Cow::Borrowed(&s[..n]),
+        Cow::Owned(mut s) => {
+            s.truncate(n);
+            Cow::Owned(s)
+        }
+    };
+    (cut, true)
 }
 
 fn inc(c: &Option<IntCounter>) {
@@ -164,6 +201,8 @@ pub struct CompiledMetric {
     errors: ErrorCounters,
     /// Seconds idle before a series expires (0: never).
     pub expire_after_secs: u64,
+    /// Longest label value kept, in bytes.
+    pub max_label_value_bytes: usize,
     /// Alert terms (indexes in [`Feed::terms`]) that record this metric's updates.
     pub watchers: Vec<usize>,
     /// [`MetricConfig::definition`], to match metrics across a reload.
@@ -228,6 +267,7 @@ impl MetricConfig {
                 self.max_series,
                 self.expire_after_secs,
                 pair,
+                self.max_label_value_bytes,
             )
         )
     }
@@ -251,6 +291,12 @@ impl MetricConfig {
             return Err(CompileError::at(
                 name_span,
                 format!("metric name {name:?} uses the prefix `weir_`, which is reserved for weir's own metrics"),
+            ));
+        }
+        if self.max_label_value_bytes == 0 {
+            return Err(CompileError::at(
+                name_span,
+                format!("metric {name:?}: max_label_value_bytes must be at least 1"),
             ));
         }
         let when = self
@@ -393,6 +439,8 @@ impl MetricConfig {
                 "negative_increment",
                 from_field && self.kind == MetricKind::Counter,
             ),
+            value_not_finite: err("value_not_finite", from_field),
+            label_value_truncated: err("label_value_truncated", !labels.is_empty()),
         };
         Ok(CompiledMetric {
             name,
@@ -410,6 +458,7 @@ impl MetricConfig {
             series,
             errors,
             expire_after_secs: self.expire_after_secs,
+            max_label_value_bytes: self.max_label_value_bytes,
             watchers: Vec::new(),
             definition: self.definition(),
         })
@@ -436,6 +485,12 @@ impl CompiledMetric {
         let v = match &mut self.value {
             ValueFrom::One => 1.0,
             ValueFrom::Field(f) => match f.number(ev) {
+                // `1e999999` reads as infinity: observed, it would make `_sum` +Inf, or NaN
+                // for good once a `-1e999999` follows.
+                Some(v) if !v.is_finite() => {
+                    inc(&self.errors.value_not_finite);
+                    return;
+                }
                 Some(v) => v,
                 None if f.exists(ev) => {
                     inc(&self.errors.value_not_numeric);
@@ -456,16 +511,25 @@ impl CompiledMetric {
             return;
         }
         // Up to 8 labels stay on the stack: no allocation per event.
+        let max = self.max_label_value_bytes;
+        let mut truncated = false;
         let values: SmallVec<[Cow<'_, str>; 8]> = self
             .labels
             .iter()
             .map(|l| {
-                l.field
+                let v = l
+                    .field
                     .text(ev)
                     .or_else(|| l.default.as_deref().map(Cow::Borrowed))
-                    .unwrap_or(Cow::Borrowed(""))
+                    .unwrap_or(Cow::Borrowed(""));
+                let (v, cut) = cut_label(v, max);
+                truncated |= cut;
+                v
             })
             .collect();
+        if truncated {
+            inc(&self.errors.label_value_truncated);
+        }
         self.series.update(&values, tick, v);
         if !self.watchers.is_empty() {
             feed.observe(&self.watchers, &values, v);
@@ -553,5 +617,109 @@ impl Deriver {
     /// Removes series idle past their metric's TTL.
     pub fn expire(&mut self, tick: u32) -> usize {
         self.metrics.iter_mut().map(|m| m.series.expire(tick)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::PipelineConfig;
+    use crate::telemetry::SelfMetrics;
+
+    /// Runs `lines` through `pipeline`; the exposition of the derived metrics and weir's own.
+    fn run(pipeline: &str, lines: &[String]) -> String {
+        let selfm = SelfMetrics::new();
+        let mut p = PipelineConfig::parse("t.toml", pipeline)
+            .unwrap()
+            .compile("t.toml", pipeline, &selfm)
+            .unwrap();
+        for line in lines {
+            let ev = p.parser.parse(line, 0, &mut |_| {});
+            p.deriver.apply(&ev, 0);
+        }
+        crate::server::exposition(&p.registry, &selfm).unwrap()
+    }
+
+    /// The attacker's numbers: `1e999999` (+Inf), `-1e999999` (then NaN in `_sum` for good),
+    /// `1e400` for a gauge. None is observed; each is counted as `value_not_finite`.
+    #[test]
+    fn non_finite_values_are_counted_not_observed() {
+        let pipeline = r#"
+[[metrics]]
+name = "d_seconds"
+kind = "histogram"
+value = "d"
+buckets = [1, 10]
+[[metrics]]
+name = "q"
+kind = "gauge"
+value = "q"
+[[metrics]]
+name = "n_total"
+kind = "counter"
+value = "n"
+"#;
+        let lines: Vec<String> = [
+            r#"{"d":1e999999}"#,
+            r#"{"d":-1e999999}"#,
+            r#"{"d":"1e999999"}"#,
+            r#"{"d":2}"#,
+            r#"{"q":5}"#,
+            r#"{"q":1e400}"#,
+            r#"{"n":1e999999}"#,
+            r#"{"n":3}"#,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let text = run(pipeline, &lines);
+        for want in [
+            "d_seconds_sum 2\n",
+            "d_seconds_count 1\n",
+            "d_seconds_bucket{le=\"+Inf\"} 1\n",
+            "q 5\n",
+            "n_total 3\n",
+            "weir_derive_errors_total{metric=\"n_total\",reason=\"value_not_finite\"} 1\n",
+            "weir_derive_errors_total{metric=\"q\",reason=\"value_not_finite\"} 1\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        // The quoted "1e999999" is text that reads as no finite number.
+        for want in [
+            "weir_derive_errors_total{metric=\"d_seconds\",reason=\"value_not_finite\"} 2\n",
+            "weir_derive_errors_total{metric=\"d_seconds\",reason=\"value_not_numeric\"} 1\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        assert!(!text.contains("NaN") && !text.contains("+Inf\n"), "{text}");
+    }
+
+    /// 20 KB label values are cut to `max_label_value_bytes` at a character boundary and
+    /// counted; the event still counts.
+    #[test]
+    fn long_label_values_are_cut_and_counted() {
+        let pipeline = r#"
+[[metrics]]
+name = "t_total"
+kind = "counter"
+labels = { agent_id = "agent_id" }
+max_label_value_bytes = 10
+"#;
+        let lines: Vec<String> = vec![
+            format!(r#"{{"agent_id":"{}"}}"#, "a".repeat(20_000)),
+            format!(r#"{{"agent_id":"{}"}}"#, "a".repeat(20_000)),
+            // 9 ASCII bytes, then a 3-byte character across the limit.
+            format!(r#"{{"agent_id":"{}€€"}}"#, "b".repeat(9)),
+            r#"{"agent_id":"short"}"#.to_string(),
+        ];
+        let text = run(pipeline, &lines);
+        for want in [
+            "t_total{agent_id=\"aaaaaaaaaa\"} 2\n",
+            "t_total{agent_id=\"bbbbbbbbb\"} 1\n",
+            "t_total{agent_id=\"short\"} 1\n",
+            "weir_derive_errors_total{metric=\"t_total\",reason=\"label_value_truncated\"} 3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        assert!(text.len() < 20_000, "{}", text.len());
     }
 }

@@ -6,6 +6,10 @@
 //! skipped with `IgnoredAny` (still fully validated, so broken JSON is always detected). This is
 //! where most of weir's parse speed comes from.
 //!
+//! Depth: the walker recurses only along the trie (as deep as the longest path of the
+//! pipeline); everything else, however deeply nested, serde_json skips or captures raw
+//! without recursion (`IgnoredAny`, `RawValue`). A line's nesting never reaches the stack.
+//!
 //! A JSON key that contains dots (`"log.level"`, as ECS loggers write) matches the path
 //! `log.level` just as the nested `{"log":{"level":..}}` does.
 
@@ -340,5 +344,32 @@ mod tests {
         for line in [r#""just a string""#, "[1,2]", "42", "null"] {
             assert_eq!(run(&t, line).0, Ok(Shape::NotAnObject), "{line:?}");
         }
+    }
+
+    /// A million nested brackets, skipped, captured and along the trie's own path: read
+    /// without recursion (serde_json skips and captures raw values iteratively), so no stack
+    /// overflow, and captured as usual.
+    #[test]
+    fn deep_nesting_is_read_without_recursion() {
+        let t = trie(&["message", "a", "a.a", "b.b.b"]);
+        let deep = |open: &str, close: &str| {
+            format!("{}1{}", open.repeat(1_000_000), close.repeat(1_000_000))
+        };
+        for line in [
+            format!(r#"{{"x":{}}}"#, deep("[", "]")),
+            format!(r#"{{"a":{}}}"#, deep("[", "]")),
+            format!(r#"{{"a":{}}}"#, deep(r#"{"a":"#, "}")),
+            format!(r#"{{"b":{}}}"#, deep(r#"{"b":"#, "}")),
+        ] {
+            let (r, out) = run(&t, &line);
+            assert_eq!(r, Ok(Shape::Object));
+            if line.starts_with(r#"{"a""#) {
+                assert!(matches!(out[1], Some(Value::Composite(_))), "{:?}", out[1]);
+            }
+        }
+        assert_eq!(run(&t, &deep("[", "]")).0, Ok(Shape::NotAnObject));
+        // Cut short, it is broken JSON like any other.
+        let cut = format!(r#"{{"a":{}"#, "[".repeat(1_000_000));
+        assert!(run(&t, &cut).0.is_err());
     }
 }

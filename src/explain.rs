@@ -8,6 +8,7 @@ use crate::alert::engine::RuleKind;
 use crate::alert::expr::{format_duration, RuleExpr};
 use crate::alert::notify::NotifierConfig;
 use crate::config::{CompiledPipeline, PipelineConfig};
+use crate::redact;
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
 
@@ -110,8 +111,10 @@ pub fn explain(cfg: &PipelineConfig, p: &CompiledPipeline) -> String {
     let named = crate::topology::CliAdditions::default().sinks(p.sinks.clone());
     for (name, s) in &named {
         let what = match s {
-            SinkConfig::Loki(c) => format!("loki {}", c.endpoint),
-            SinkConfig::Elasticsearch(c) => format!("elasticsearch {}", c.endpoint),
+            SinkConfig::Loki(c) => format!("loki {}", redact::urls(&c.endpoint)),
+            SinkConfig::Elasticsearch(c) => {
+                format!("elasticsearch {}", redact::urls(&c.endpoint))
+            }
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::File(c) => format!("file {}", c.path.display()),
         };
@@ -163,7 +166,7 @@ pub fn explain(cfg: &PipelineConfig, p: &CompiledPipeline) -> String {
     }
     for (name, n) in &cfg.notifiers {
         let target = match n {
-            NotifierConfig::Alertmanager(c) => format!(" {}", c.url),
+            NotifierConfig::Alertmanager(c) => format!(" {}", redact::urls(&c.url)),
             _ => String::new(),
         };
         let _ = writeln!(o, "  {name}: {}{target}", n.kind());

@@ -27,6 +27,7 @@ pub mod explain;
 pub mod generate;
 pub mod parse;
 pub mod pipeline_test;
+pub mod redact;
 pub mod reload;
 pub mod server;
 pub mod shutdown;

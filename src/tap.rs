@@ -632,6 +632,29 @@ mod tests {
             text.starts_with("invalid filter at column 20: expected "),
             "{text}"
         );
+        // The attacker's filters: 2,000 nested `(` (a 4 KB URL) and 5,000 `!` overflowed the
+        // stack and aborted weir. Now a 400 with the column, and the server answers on.
+        for filter in [
+            format!("{}a%3D%3D1{}", "(".repeat(2_000), ")".repeat(2_000)),
+            format!("{}a%3D%3D1", "!".repeat(5_000)),
+        ] {
+            let res = app
+                .clone()
+                .oneshot(get(&format!("/tap?filter={filter}")))
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+            let text = to_bytes(res.into_body(), 1 << 16).await.unwrap();
+            let text = String::from_utf8_lossy(&text);
+            assert!(
+                text.starts_with(
+                    "invalid filter at column 65: expected at most 64 nested `(` or `!`"
+                ),
+                "{text}"
+            );
+        }
+        let res = app.clone().oneshot(get("/health")).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
         let res = app.clone().oneshot(get("/tap?rate=0")).await.unwrap();
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
         assert_eq!(selfm.taps_active.get(), 0);

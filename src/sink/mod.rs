@@ -201,7 +201,7 @@ impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
         f.debug_struct("Request")
-            .field("url", &self.url)
+            .field("url", &crate::redact::urls(&self.url))
             .field("body_bytes", &self.body.len())
             .field("headers", &names)
             .finish()

@@ -7,6 +7,7 @@ mod delivery;
 mod deploy;
 mod elasticsearch;
 mod file;
+mod hostile;
 mod loki;
 mod pipeline_tests;
 mod reload;

@@ -229,7 +229,7 @@ fn check_http_url(kind: &str, what: &str, url: &str, secret: bool) -> Result<(),
     let shown = if secret {
         String::new()
     } else {
-        format!(" {url:?}")
+        format!(" {:?}", crate::redact::urls(url))
     };
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| format!("{kind} {what}{shown} is not a valid URL: {e}"))?;

@@ -132,19 +132,19 @@ impl ElasticsearchConfig {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(format!(
                 "elasticsearch endpoint {:?} must start with http:// or https://",
-                self.endpoint
+                crate::redact::urls(&self.endpoint)
             ));
         }
         if endpoint.contains(['?', '#']) {
             return Err(format!(
                 "elasticsearch endpoint {:?} must be a base URL without query or fragment",
-                self.endpoint
+                crate::redact::urls(&self.endpoint)
             ));
         }
         if endpoint.ends_with(BULK_PATH) {
             return Err(format!(
                 "elasticsearch endpoint {:?} is the base URL (such as http://es:9200); weir adds {BULK_PATH}",
-                self.endpoint
+                crate::redact::urls(&self.endpoint)
             ));
         }
 

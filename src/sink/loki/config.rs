@@ -139,13 +139,13 @@ impl LokiConfig {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             return Err(format!(
                 "loki endpoint {:?} must start with http:// or https://",
-                self.endpoint
+                crate::redact::urls(&self.endpoint)
             ));
         }
         if endpoint.ends_with(PUSH_PATH) {
             return Err(format!(
                 "loki endpoint {:?} is the base URL (such as http://loki:3100); weir adds {PUSH_PATH}",
-                self.endpoint
+                crate::redact::urls(&self.endpoint)
             ));
         }
 

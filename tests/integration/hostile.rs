@@ -1,0 +1,397 @@
+//! What an attacker's test broke, against the real binary: nesting that overflowed the stack,
+//! non-finite numbers and 20 KB label values, and secrets in outputs (issue 13).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::elasticsearch::ElasticsearchReceiver;
+use crate::support::loki::LokiReceiver;
+use crate::util::{free_port, get, http_get, parse_exposition, post, temp_file, weir};
+
+/// `weir validate` on files nested 20,000 deep (it aborted with rc 134): exit 2, and the
+/// message names the file, line and column.
+#[test]
+fn validate_refuses_deep_nesting_with_a_location() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 20_000;
+    let metric = "[[metrics]]\nname = \"x_total\"\nkind = \"counter\"\n";
+    let cases = [
+        (
+            format!("{metric}when = '{}a == 1{}'\n", "(".repeat(n), ")".repeat(n)),
+            "4:73: invalid condition: expected at most 64 nested `(` or `!`",
+        ),
+        (
+            format!("{metric}when = '{}a == 1'\n", "!".repeat(n)),
+            "4:73: invalid condition: expected at most 64 nested `(` or `!`",
+        ),
+        (
+            format!(
+                "{metric}\n[[alerts]]\nname = \"A\"\nexpr = \"{}count(x_total){} > 1\"\n",
+                "(".repeat(n),
+                ")".repeat(n)
+            ),
+            "at most 64 nested `(` (the expression nests deeper)",
+        ),
+        (
+            format!(
+                "{metric}\n[[alerts]]\nname = \"A\"\nexpr = \"count(x_total){} > 1\"\n",
+                " + 1".repeat(10 * n)
+            ),
+            "at most 256 arithmetic operators",
+        ),
+        (
+            format!(
+                "{metric}\n[[alerts]]\nname = \"A\"\nexpr = \"absent({}a == 1{}) for 1m\"\n",
+                "(".repeat(n),
+                ")".repeat(n)
+            ),
+            "at most 64 nested `(` or `!`",
+        ),
+    ];
+    for (i, (text, want)) in cases.iter().enumerate() {
+        let path = temp_file(dir.path(), &format!("deep{i}.toml"), text.as_bytes());
+        let out = weir()
+            .args(["validate", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run weir validate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}:", path.display())) && stderr.contains(want),
+            "case {i}: {want:?} not in {stderr}"
+        );
+    }
+}
+
+/// 2,000 lines with a 20 KB `agent_id` made a 482 MB exposition; `1e999999` made `_sum`
+/// +Inf and `-1e999999` NaN; `1e400` set a gauge to inf. Now the label values are cut to
+/// 1 KiB and counted, the numbers are counted and not observed.
+#[test]
+fn oneshot_cuts_long_label_values_and_counts_non_finite_numbers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pipeline = temp_file(
+        dir.path(),
+        "p.toml",
+        br#"
+[[metrics]]
+name = "d_seconds"
+kind = "histogram"
+value = "d"
+labels = { agent_id = "agent_id" }
+buckets = [1, 10]
+
+[[metrics]]
+name = "q"
+kind = "gauge"
+value = "q"
+"#,
+    );
+    let mut logs = String::new();
+    for i in 0..2_000 {
+        logs.push_str(&format!(
+            "{{\"agent_id\":\"{i:05}{}\",\"d\":2}}\n",
+            "x".repeat(20_000)
+        ));
+    }
+    logs.push_str("{\"d\":1e999999}\n{\"d\":-1e999999}\n{\"q\":7}\n{\"q\":1e400}\n");
+    let input = temp_file(dir.path(), "in.jsonl", logs.as_bytes());
+    let out = weir()
+        .args(["run", "--oneshot", "--config"])
+        .arg(&pipeline)
+        .arg(&input)
+        .output()
+        .expect("run weir");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8 exposition");
+    // 2,000 series × 5 lines × (1 KiB + a little), not × 20 KB.
+    assert!(text.len() < 2_000 * 5 * 1_200, "{} bytes", text.len());
+    let m = parse_exposition(&text);
+    let errors = |metric: &str, reason: &str| {
+        let k = (
+            "weir_derive_errors_total".to_string(),
+            BTreeMap::from([
+                ("metric".to_string(), metric.to_string()),
+                ("reason".to_string(), reason.to_string()),
+            ]),
+        );
+        m.get(&k).copied().unwrap_or(-1.0)
+    };
+    assert_eq!(errors("d_seconds", "label_value_truncated"), 2_000.0);
+    assert_eq!(errors("d_seconds", "value_not_finite"), 2.0);
+    assert_eq!(errors("q", "value_not_finite"), 1.0);
+    let sums: Vec<f64> = m
+        .iter()
+        .filter(|((n, _), _)| n == "d_seconds_sum")
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(sums.len(), 2_000);
+    assert!(sums.iter().all(|v| *v == 2.0), "{sums:?}");
+    for ((_, labels), _) in m.iter().filter(|((n, _), _)| n.starts_with("d_seconds")) {
+        let id = &labels["agent_id"];
+        assert_eq!(id.len(), 1_024, "{}", &id[..10]);
+    }
+    assert_eq!(m[&("q".to_string(), BTreeMap::new())], 7.0);
+    assert!(!text.contains("NaN") && !text.contains(" +Inf\n"));
+}
+
+/// Known secrets, one per kind the issue names.
+const SECRETS: [(&str, &str); 6] = [
+    ("WEIR_TEST_ES_PASSWORD", "es-password-S3CR3T-1"),
+    ("WEIR_TEST_LOKI_TOKEN", "loki-token-S3CR3T-2"),
+    ("WEIR_TEST_PD_KEY", "pagerduty-key-S3CR3T-3"),
+    ("WEIR_TEST_SLACK_URL", ""),
+    ("", "loki-url-password-S3CR3T-5"),
+    ("", "am-url-password-S3CR3T-6"),
+];
+
+fn slack_url(dead_port: u16) -> String {
+    format!("http://127.0.0.1:{dead_port}/services/T0/B0/slack-path-S3CR3T-4")
+}
+
+/// Every secret string, the Slack webhook's too.
+fn secrets(dead_port: u16) -> Vec<String> {
+    let mut s: Vec<String> = SECRETS
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(_, v)| v.to_string())
+        .collect();
+    s.push("slack-path-S3CR3T-4".into());
+    s.push(slack_url(dead_port));
+    s
+}
+
+fn with_secret_env(cmd: &mut std::process::Command, dead_port: u16) {
+    for (var, value) in SECRETS.iter().filter(|(var, _)| !var.is_empty()) {
+        if value.is_empty() {
+            cmd.env(var, slack_url(dead_port));
+        } else {
+            cmd.env(var, value);
+        }
+    }
+}
+
+fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
+    for s in secrets {
+        assert!(!text.contains(s.as_str()), "{what} contains the secret {s:?}");
+    }
+    // Also no fragment that would make one guessable.
+    assert!(!text.contains("S3CR3T"), "{what} contains part of a secret");
+}
+
+/// Every file under `dir`, with its contents (lossy).
+fn files_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).expect("read file");
+                out.push((p, String::from_utf8_lossy(&bytes).into_owned()));
+            }
+        }
+    }
+    out
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `addr` of weir's "serving /metrics" log line, once it is in the stderr file.
+fn metrics_addr(stderr: &Path, child: &mut Child) -> String {
+    let mut addr = None;
+    wait_until("weir to serve /metrics", || {
+        assert!(child.try_wait().expect("try_wait").is_none(), "weir exited");
+        let text = std::fs::read_to_string(stderr).unwrap_or_default();
+        addr = text.lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["message"] == "serving /metrics")
+                .then(|| v["fields"]["addr"].as_str().map(str::to_string))
+                .flatten()
+        });
+        addr.is_some()
+    });
+    addr.expect("found")
+}
+
+/// Issue 13 §4: a run configured with known secrets (an Elasticsearch password, a Loki bearer
+/// token, a PagerDuty key and a Slack webhook from the environment, passwords inline in the
+/// Loki and Alertmanager URLs) at `WEIR_LOG=trace`, with sinks that reject (dead letters) and
+/// notifiers that cannot connect (errors, retries). No secret appears in `validate
+/// --explain`, the logs, stdout, `/stats`, `/alerts`, `/metrics`, the reload answer or any
+/// file under `data_dir` (dead letters, checkpoints, alert state).
+#[test]
+fn no_secret_appears_in_any_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let es = ElasticsearchReceiver::start();
+    es.reject_messages_containing("BAD");
+    let loki = LokiReceiver::start();
+    loki.fail_next_with(1_000_000, 400);
+    let dead_port = free_port();
+    let loki_url = loki
+        .url()
+        .replacen("://", "://lokiuser:loki-url-password-S3CR3T-5@", 1);
+    let am_url = format!("http://amuser:am-url-password-S3CR3T-6@127.0.0.1:{dead_port}");
+    let pipeline = format!(
+        r#"
+data_dir = '{data}'
+
+[[metrics]]
+name = "hits_total"
+kind = "counter"
+
+[[alerts]]
+name = "Hits"
+expr = "count(hits_total) over 5m > 0"
+summary = "{{{{ $value }}}} hits"
+
+[[sinks]]
+type = "elasticsearch"
+endpoint = '{es}'
+username = "elastic"
+password_env = "WEIR_TEST_ES_PASSWORD"
+dead_letter_path = '{data}/dead/es.jsonl'
+[sinks.batch]
+max_age_ms = 100
+
+[[sinks]]
+type = "loki"
+endpoint = '{loki_url}'
+bearer_token_env = "WEIR_TEST_LOKI_TOKEN"
+dead_letter_path = '{data}/dead/loki.jsonl'
+[sinks.batch]
+max_age_ms = 100
+
+[notifiers.slack]
+type = "slack"
+webhook_url_env = "WEIR_TEST_SLACK_URL"
+
+[notifiers.pager]
+type = "pagerduty"
+routing_key_env = "WEIR_TEST_PD_KEY"
+url = "http://127.0.0.1:{dead_port}/v2/enqueue"
+
+[notifiers.am]
+type = "alertmanager"
+url = "{am_url}"
+"#,
+        data = data.display(),
+        es = es.url(),
+    );
+    let p = temp_file(dir.path(), "secrets.toml", pipeline.as_bytes());
+    let secrets = secrets(dead_port);
+
+    let mut explain = weir();
+    explain.args(["validate", "--explain", "--config"]).arg(&p);
+    with_secret_env(&mut explain, dead_port);
+    let out = explain.output().expect("run weir validate --explain");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_no_secret("validate --explain", &text, &secrets);
+    // The URLs are shown, their userinfo redacted.
+    assert!(text.contains("://<redacted>@127.0.0.1:"), "{text}");
+
+    let stderr_path = dir.path().join("stderr.log");
+    let stdout_path = dir.path().join("stdout.log");
+    let mut run = weir();
+    run.args(["run", "--listen", "127.0.0.1:0", "--shutdown-timeout-secs", "3"])
+        .arg("--config")
+        .arg(&p)
+        .env("WEIR_LOG", "trace")
+        .stdin(Stdio::piped())
+        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+    with_secret_env(&mut run, dead_port);
+    let mut child = run.spawn().expect("spawn weir");
+    let addr = metrics_addr(&stderr_path, &mut child);
+    let mut stdin = child.stdin.take().expect("stdin piped");
+    let mut lines = String::new();
+    for i in 0..20 {
+        let msg = if i % 2 == 0 { "BAD line" } else { "fine line" };
+        lines.push_str(&format!(
+            "{{\"timestamp\":\"2026-01-01T00:00:{i:02}Z\",\"level\":\"ERROR\",\"message\":\"{msg} {i}\"}}\n"
+        ));
+    }
+    stdin.write_all(lines.as_bytes()).expect("write stdin");
+    stdin.flush().expect("flush");
+
+    let dead_es = data.join("dead/es.jsonl");
+    let dead_loki = data.join("dead/loki.jsonl");
+    wait_until("dead letters from both sinks", || {
+        let n = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+        n(&dead_es) >= 10 && n(&dead_loki) >= 1
+    });
+    wait_until("a failed attempt of every notifier", || {
+        let m = parse_exposition(&get(&addr, "/metrics").1);
+        ["slack", "pager", "am"].iter().all(|n| {
+            m.iter().any(|((name, labels), v)| {
+                name == "weir_alert_notification_retries_total"
+                    && labels.get("notifier").map(String::as_str) == Some(*n)
+                    && *v > 0.0
+            })
+        })
+    });
+    let mut answers = Vec::new();
+    for path in ["/stats", "/alerts", "/metrics", "/health", "/ready"] {
+        let (status, body) = get(&addr, path);
+        answers.push((path, status, body));
+    }
+    let (_, reload) = post(&addr, "/-/reload");
+    answers.push(("/-/reload", 0, reload));
+    // A tap sees the lines (which hold no secret), not weir's settings.
+    let tap = http_get(&format!("http://{addr}/tap"), &[("filter", "message =~ \"(\"")]);
+    answers.push(("/tap", 0, format!("{tap:?}")));
+    for (path, _, body) in &answers {
+        assert_no_secret(path, body, &secrets);
+    }
+    assert!(answers[1].2.contains("Hits"), "/alerts: {}", answers[1].2);
+
+    drop(stdin);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "weir did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).expect("stderr");
+    let stdout = std::fs::read_to_string(&stdout_path).expect("stdout");
+    assert!(status.success() || status.code().is_none(), "{status}: {stderr}");
+    // The log really is at trace level, and saw the failures.
+    assert!(stderr.contains("\"level\":\"TRACE\""), "no trace lines");
+    assert!(stderr.contains("notifier"), "no notifier log line");
+    assert_no_secret("stderr (WEIR_LOG=trace)", &stderr, &secrets);
+    assert_no_secret("stdout", &stdout, &secrets);
+    let files = files_under(&data);
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("es.jsonl")),
+        "{files:?}"
+    );
+    for (path, text) in &files {
+        assert_no_secret(&path.display().to_string(), text, &secrets);
+    }
+}

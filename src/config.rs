@@ -484,14 +484,29 @@ mod tests {
             "{e}"
         );
         for (first, second, series) in [
-            ("x_sum\"\nkind = \"gauge\"\nvalue = \"v", "x\"\nkind = \"histogram\"\nvalue = \"d", "x_sum"),
-            ("x_count\"\nkind = \"counter", "x\"\nkind = \"histogram\"\nvalue = \"d", "x_count"),
-            ("x\"\nkind = \"histogram\"\nvalue = \"d", "x_count\"\nkind = \"histogram\"\nvalue = \"d", "x_count"),
+            (
+                "x_sum\"\nkind = \"gauge\"\nvalue = \"v",
+                "x\"\nkind = \"histogram\"\nvalue = \"d",
+                "x_sum",
+            ),
+            (
+                "x_count\"\nkind = \"counter",
+                "x\"\nkind = \"histogram\"\nvalue = \"d",
+                "x_count",
+            ),
+            (
+                "x\"\nkind = \"histogram\"\nvalue = \"d",
+                "x_count\"\nkind = \"histogram\"\nvalue = \"d",
+                "x_count",
+            ),
         ] {
             let e = err(&format!(
                 "[[metrics]]\nname = \"{first}\"\n\n[[metrics]]\nname = \"{second}\"\n"
             ));
-            assert!(e.contains(&format!("both would write the series {series:?}")), "{e}");
+            assert!(
+                e.contains(&format!("both would write the series {series:?}")),
+                "{e}"
+            );
         }
         // Near misses are fine.
         let text = "[[metrics]]\nname = \"x\"\nkind = \"histogram\"\nvalue = \"d\"\n\n[[metrics]]\nname = \"x_buckets\"\nkind = \"counter\"\n";

@@ -61,11 +61,17 @@ mod tests {
                 "loki endpoint \"ftp://<redacted>@h\" must start with http://",
             ),
             ("http://only-user@h/", "http://<redacted>@h/"),
-            ("http://h:1/path@not-userinfo", "http://h:1/path@not-userinfo"),
+            (
+                "http://h:1/path@not-userinfo",
+                "http://h:1/path@not-userinfo",
+            ),
             ("no url: a@b", "no url: a@b"),
             ("http://[::1]:9200", "http://[::1]:9200"),
             ("odd://", "odd://"),
-            ("two http://a:b@x and http://c:d@y.", "two http://<redacted>@x and http://<redacted>@y."),
+            (
+                "two http://a:b@x and http://c:d@y.",
+                "two http://<redacted>@x and http://<redacted>@y.",
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(urls(text), want, "{text}");

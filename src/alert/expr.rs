@@ -1162,7 +1162,11 @@ mod tests {
         assert!(parse(&at_limit).is_ok(), "{:?}", parse(&at_limit));
         // absent(...) hands its condition to the condition parser, which has its own limit;
         // finding the condition's end is a loop, whatever the nesting.
-        let absent = format!("absent({}a == 1{}) for 1m", "(".repeat(20_000), ")".repeat(20_000));
+        let absent = format!(
+            "absent({}a == 1{}) for 1m",
+            "(".repeat(20_000),
+            ")".repeat(20_000)
+        );
         assert!(parse(&absent).is_ok());
     }
 

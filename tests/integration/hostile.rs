@@ -20,7 +20,11 @@ fn validate_refuses_deep_nesting_with_a_location() {
     let metric = "[[metrics]]\nname = \"x_total\"\nkind = \"counter\"\n";
     let cases = [
         (
-            format!("{metric}when = '{}a == 1{}'\n", "(".repeat(n), ")".repeat(n)),
+            format!(
+                "{metric}when = '{}a == 1{}'\n",
+                "(".repeat(n),
+                ")".repeat(n)
+            ),
             "4:73: invalid condition: expected at most 64 nested `(` or `!`",
         ),
         (
@@ -180,7 +184,10 @@ fn with_secret_env(cmd: &mut std::process::Command, dead_port: u16) {
 
 fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
     for s in secrets {
-        assert!(!text.contains(s.as_str()), "{what} contains the secret {s:?}");
+        assert!(
+            !text.contains(s.as_str()),
+            "{what} contains the secret {s:?}"
+        );
     }
     // Also no fragment that would make one guessable.
     assert!(!text.contains("S3CR3T"), "{what} contains part of a secret");
@@ -314,13 +321,19 @@ url = "{am_url}"
     let stderr_path = dir.path().join("stderr.log");
     let stdout_path = dir.path().join("stdout.log");
     let mut run = weir();
-    run.args(["run", "--listen", "127.0.0.1:0", "--shutdown-timeout-secs", "3"])
-        .arg("--config")
-        .arg(&p)
-        .env("WEIR_LOG", "trace")
-        .stdin(Stdio::piped())
-        .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
+    run.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--shutdown-timeout-secs",
+        "3",
+    ])
+    .arg("--config")
+    .arg(&p)
+    .env("WEIR_LOG", "trace")
+    .stdin(Stdio::piped())
+    .stdout(std::fs::File::create(&stdout_path).expect("stdout file"))
+    .stderr(std::fs::File::create(&stderr_path).expect("stderr file"));
     with_secret_env(&mut run, dead_port);
     let mut child = run.spawn().expect("spawn weir");
     let addr = metrics_addr(&stderr_path, &mut child);
@@ -359,7 +372,10 @@ url = "{am_url}"
     let (_, reload) = post(&addr, "/-/reload");
     answers.push(("/-/reload", 0, reload));
     // A tap sees the lines (which hold no secret), not weir's settings.
-    let tap = http_get(&format!("http://{addr}/tap"), &[("filter", "message =~ \"(\"")]);
+    let tap = http_get(
+        &format!("http://{addr}/tap"),
+        &[("filter", "message =~ \"(\"")],
+    );
     answers.push(("/tap", 0, format!("{tap:?}")));
     for (path, _, body) in &answers {
         assert_no_secret(path, body, &secrets);
@@ -380,7 +396,10 @@ url = "{am_url}"
     };
     let stderr = std::fs::read_to_string(&stderr_path).expect("stderr");
     let stdout = std::fs::read_to_string(&stdout_path).expect("stdout");
-    assert!(status.success() || status.code().is_none(), "{status}: {stderr}");
+    assert!(
+        status.success() || status.code().is_none(),
+        "{status}: {stderr}"
+    );
     // The log really is at trace level, and saw the failures.
     assert!(stderr.contains("\"level\":\"TRACE\""), "no trace lines");
     assert!(stderr.contains("notifier"), "no notifier log line");

@@ -22,18 +22,18 @@ taps_active() { curl -fsS "http://127.0.0.1:$1/metrics" 2>/dev/null | awk '/^wei
 
 # run TAPS [FILTER]: seconds from the first line to weir's exit; tapped events in $dir/tapped.
 run() {
-  local taps=$1 filter=${2:-} p t0 i
-  p=$(port)
+  local taps=$1 filter=${2:-} p a t0 i
+  p=$(port); a=$(port)
   rm -f "$dir/in" "$dir"/tap.*; mkfifo "$dir/in"
-  "$weir" run --listen "127.0.0.1:$p" < "$dir/in" > /dev/null 2> "$dir/err" &
+  "$weir" run --listen "127.0.0.1:$p" --admin-listen "127.0.0.1:$a" < "$dir/in" > /dev/null 2> "$dir/err" &
   local w=$!
   exec 3> "$dir/in"   # weir starts once the FIFO has a writer
   until curl -fsS "http://127.0.0.1:$p/health" > /dev/null 2>&1; do sleep 0.05; done
   for ((i = 0; i < taps; i++)); do
     if [ -n "$filter" ]; then
-      "$weir" tap --addr "127.0.0.1:$p" --rate 1000 --filter "$filter" > "$dir/tap.$i" 2>/dev/null 3>&- &
+      "$weir" tap --addr "127.0.0.1:$a" --rate 1000 --filter "$filter" > "$dir/tap.$i" 2>/dev/null 3>&- &
     else
-      "$weir" tap --addr "127.0.0.1:$p" --rate 1000 > "$dir/tap.$i" 2>/dev/null 3>&- &
+      "$weir" tap --addr "127.0.0.1:$a" --rate 1000 > "$dir/tap.$i" 2>/dev/null 3>&- &
     fi
   done
   until [ "$(taps_active "$p")" = "$taps" ]; do sleep 0.05; done

@@ -2,7 +2,8 @@
 //! `weir tap`.
 //!
 //! anyhow stops here: library errors are typed; this layer adds context and maps the outcome to
-//! an exit code (0 success, 1 runtime error, 2 invalid configuration or usage).
+//! an exit code (0 success, 1 runtime error, 2 invalid configuration or usage, 3 a `--oneshot`
+//! that read lines of which none could be used).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -68,6 +69,30 @@ pub struct RunArgs {
     /// Default: 0.0.0.0:$METRICS_PORT, else 0.0.0.0:9090.
     #[arg(long)]
     pub listen: Option<String>,
+    /// Address of the admin endpoints: /tap, /stats, POST /-/reload (`weir tap`, `weir top`),
+    /// or `off`. Default: $WEIR_ADMIN_LISTEN, else 127.0.0.1:9190 (this host only).
+    #[arg(long, value_name = "ADDR|off", env = "WEIR_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+    /// The admin endpoints require `Authorization: Bearer TOKEN`, TOKEN being the value of
+    /// this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub admin_token_env: Option<String>,
+    /// TLS and basic auth of the public listener: a Prometheus exporter-toolkit web
+    /// configuration file (YAML: tls_server_config, basic_auth_users, http_server_config).
+    #[arg(long, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
+    /// HTTP connections open at once, per listener; at the cap the longest idle one is closed
+    /// to make room.
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub http_max_connections: usize,
+    /// Seconds an HTTP client may take to send a request's headers, and a kept-alive
+    /// connection may wait idle for its next request.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub http_header_timeout_secs: u64,
+    /// Seconds a response write may make no progress before its connection is closed (a
+    /// client, /tap included, that stops reading).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub http_write_timeout_secs: u64,
     /// Read the input to its end, print the final metrics (Prometheus text format) on stdout
     /// and exit. Serves nothing.
     #[arg(long)]
@@ -81,6 +106,10 @@ pub struct RunArgs {
     /// Framing of the inputs given here: json (default), docker, cri or auto.
     #[arg(long, value_parser = ["json", "docker", "cri", "auto"])]
     pub format: Option<String>,
+    /// Join multi-line events (tracebacks, stack traces) of the inputs given here (stdin,
+    /// files, --tcp): python, java or go. Overrides the pipeline's top-level `multiline`.
+    #[arg(long, value_parser = ["python", "java", "go"])]
+    pub multiline: Option<String>,
     /// Forward every line to Loki (push API, protobuf + snappy), e.g. http://loki:3100.
     #[arg(long, value_name = "URL")]
     pub loki: Option<String>,
@@ -112,17 +141,33 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("pipelines").required(true).multiple(true).args(["files", "config"])))]
 pub struct TestArgs {
     /// Pipeline files whose [[tests]] to run.
-    #[arg(long, short, required = true, num_args = 1.., value_name = "FILE")]
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Pipeline files, as with FILE (kept for scripts written before FILE).
+    #[arg(long, short, num_args = 1.., value_name = "FILE")]
     pub config: Vec<PathBuf>,
+}
+
+impl TestArgs {
+    /// The files to test: positional ones, then those of `--config`.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.files.iter().chain(&self.config)
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct TapArgs {
-    /// The running weir's HTTP address. Default: 127.0.0.1:$METRICS_PORT, else 127.0.0.1:9090.
+    /// The running weir's admin address (its --admin-listen). Default: $WEIR_ADMIN_LISTEN,
+    /// else 127.0.0.1:9190.
     #[arg(long)]
     pub addr: Option<String>,
+    /// Send `Authorization: Bearer TOKEN`, TOKEN being the value of this environment variable
+    /// (weir run --admin-token-env).
+    #[arg(long, value_name = "VAR")]
+    pub admin_token_env: Option<String>,
     /// Only events matching this condition (the pipeline's condition language), e.g.
     /// 'level == "ERROR" && component == "EventBus"'. Any field may be named.
     #[arg(long)]
@@ -141,9 +186,14 @@ pub struct TapArgs {
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// The running weir's HTTP address. Default: 127.0.0.1:$METRICS_PORT, else 127.0.0.1:9090.
+    /// The running weir's admin address (its --admin-listen). Default: $WEIR_ADMIN_LISTEN,
+    /// else 127.0.0.1:9190.
     #[arg(long)]
     pub addr: Option<String>,
+    /// Send `Authorization: Bearer TOKEN`, TOKEN being the value of this environment variable
+    /// (weir run --admin-token-env).
+    #[arg(long, value_name = "VAR")]
+    pub admin_token_env: Option<String>,
     /// Seconds between two polls (rates are over this interval).
     #[arg(long, default_value_t = 2.0)]
     pub interval_secs: f64,
@@ -164,10 +214,14 @@ pub struct HealthArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("pipeline").required(true).args(["file", "config"])))]
 pub struct ValidateArgs {
     /// Pipeline file to check.
-    #[arg(long, short)]
-    pub config: PathBuf,
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Pipeline file to check, as with FILE (kept for scripts written before FILE).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Also print what the pipeline does: sources, event fields, metrics with their labels and
     /// buckets, sinks, alerts and notifiers.
     #[arg(long)]
@@ -259,16 +313,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(GenerateCommand::GrafanaDashboard(a)) => grafana_dashboard(&a),
         Command::Validate(args) => {
             let selfm = SelfMetrics::new();
-            let text = match std::fs::read_to_string(&args.config) {
+            let Some(path) = args.file.as_ref().or(args.config.as_ref()) else {
+                anyhow::bail!("weir validate needs a pipeline file: weir validate FILE");
+            };
+            let text = match std::fs::read_to_string(path) {
                 Ok(t) => t,
                 Err(source) => {
                     return config_error(ConfigError::Read {
-                        path: args.config.clone(),
+                        path: path.clone(),
                         source,
                     })
                 }
             };
-            let name = args.config.display().to_string();
+            let name = path.display().to_string();
             let cfg = match config::PipelineConfig::parse(&name, &text) {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
@@ -277,7 +334,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(p) => {
                     println!(
                         "{}: ok ({} metrics, {} alerts, {} notifiers)",
-                        args.config.display(),
+                        path.display(),
                         p.deriver.metrics().len(),
                         p.rules.len(),
                         p.notifiers.len()
@@ -290,7 +347,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                     }
                     if args.explain {
-                        print!("\n{}", crate::explain::explain(&cfg, &p));
+                        // Values of secret-looking `${VAR}`s are shown as `${VAR}`.
+                        let explained = crate::explain::explain(&cfg, &p);
+                        print!("\n{}", cfg.interpolation.mask(&explained));
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -426,15 +485,61 @@ fn pipeline_stem(origin: &str) -> &str {
         .trim_end_matches(".toml")
 }
 
-/// `weir health`: GET /health of a running weir; exit 0 on a 2xx, 1 otherwise (said on stderr).
-/// The container image's HEALTHCHECK, where no shell or curl exists.
-/// The address `weir tap`, `weir top` and `weir health` ask: `--addr`, else
+/// The address `weir health` asks (the public listener): `--addr`, else
 /// `127.0.0.1:$METRICS_PORT`, else `127.0.0.1:9090`.
 fn client_addr(addr: Option<String>) -> String {
     addr.unwrap_or_else(|| {
         let port = std::env::var("METRICS_PORT").unwrap_or_else(|_| "9090".into());
         format!("127.0.0.1:{}", port.trim())
     })
+}
+
+/// The admin address `weir tap` and `weir top` ask: `--addr`, else `$WEIR_ADMIN_LISTEN` (as
+/// `weir run` reads it; a wildcard host is asked on 127.0.0.1), else `127.0.0.1:9190`.
+fn admin_client_addr(addr: Option<String>, env: Option<&str>) -> anyhow::Result<String> {
+    if let Some(a) = addr {
+        return Ok(a);
+    }
+    let Some(text) = env.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(server::DEFAULT_ADMIN.to_string());
+    };
+    anyhow::ensure!(
+        text != "off",
+        "WEIR_ADMIN_LISTEN is off: this weir serves no admin endpoints (give --addr)"
+    );
+    let mut a: SocketAddr = text
+        .parse()
+        .with_context(|| format!("WEIR_ADMIN_LISTEN {text:?} is not HOST:PORT"))?;
+    if a.ip().is_unspecified() {
+        a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(a.to_string())
+}
+
+/// The admin listener of `weir run`: `--admin-listen ADDR` (or `$WEIR_ADMIN_LISTEN`), `off`
+/// for none, else [`server::DEFAULT_ADMIN`].
+pub fn admin_listen_addr(flag: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
+    let text = flag.map(str::trim).filter(|t| !t.is_empty());
+    match text {
+        Some("off") => Ok(None),
+        Some(t) => t.parse().map(Some).with_context(|| {
+            format!("invalid --admin-listen {t:?}: expected HOST:PORT or off")
+        }),
+        None => Ok(Some(
+            server::DEFAULT_ADMIN
+                .parse()
+                .context("the default admin address")?,
+        )),
+    }
+}
+
+/// The value of the environment variable that holds a token (`--admin-token-env VAR`).
+fn token_from_env(var: Option<&str>) -> anyhow::Result<Option<String>> {
+    let Some(var) = var else { return Ok(None) };
+    match std::env::var(var) {
+        Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+        _ => anyhow::bail!("--admin-token-env {var}: the environment variable {var} is unset or empty"),
+    }
 }
 
 /// The single-threaded runtime of the client commands (`tap`, `top`, `health`).
@@ -448,8 +553,10 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `weir top`: polls a running weir's `GET /stats` and shows its numbers.
 fn run_top(args: &TopArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.interval_secs > 0.0, "--interval-secs must be above 0");
+    let env = std::env::var("WEIR_ADMIN_LISTEN").ok();
     let opts = crate::top::TopOptions {
-        addr: client_addr(args.addr.clone()),
+        addr: admin_client_addr(args.addr.clone(), env.as_deref())?,
+        token: token_from_env(args.admin_token_env.as_deref())?,
         interval: std::time::Duration::from_secs_f64(args.interval_secs),
         count: args.count,
     };
@@ -458,6 +565,8 @@ fn run_top(args: &TopArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `weir health`: GET /health of a running weir; exit 0 on a 2xx, 1 otherwise (said on stderr).
+/// The container image's HEALTHCHECK, where no shell or curl exists.
 fn run_health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
     let addr = client_addr(args.addr.clone());
     let url = format!("http://{addr}/health");
@@ -501,7 +610,9 @@ fn config_error(e: ConfigError) -> anyhow::Result<ExitCode> {
 /// text. Exit 0 at `--limit`, on Ctrl-C or when weir goes away; 2 when weir refuses the filter
 /// or the rate (its message on stderr); 1 when weir cannot be reached.
 fn run_tap(args: TapArgs) -> anyhow::Result<ExitCode> {
-    let addr = client_addr(args.addr.clone());
+    let env = std::env::var("WEIR_ADMIN_LISTEN").ok();
+    let addr = admin_client_addr(args.addr.clone(), env.as_deref())?;
+    let token = token_from_env(args.admin_token_env.as_deref())?;
     let runtime = client_runtime()?;
     runtime.block_on(async move {
         let mut query = vec![("rate", args.rate.to_string())];
@@ -511,9 +622,13 @@ fn run_tap(args: TapArgs) -> anyhow::Result<ExitCode> {
         if let Some(s) = &args.source {
             query.push(("source", s.clone()));
         }
-        let mut resp = reqwest::Client::new()
+        let mut request = reqwest::Client::new()
             .get(format!("http://{addr}/tap"))
-            .query(&query)
+            .query(&query);
+        if let Some(t) = &token {
+            request = request.bearer_auth(t);
+        }
+        let mut resp = request
             .send()
             .await
             .with_context(|| format!("cannot reach weir at {addr}"))?;
@@ -572,7 +687,7 @@ fn tap_note(line: &str) -> Option<String> {
 fn run_tests(args: &TestArgs) -> anyhow::Result<ExitCode> {
     let mut code = 0u8;
     let mut out = std::io::stdout().lock();
-    for (i, path) in args.config.iter().enumerate() {
+    for (i, path) in args.paths().enumerate() {
         if i > 0 {
             writeln!(out)?;
         }
@@ -607,6 +722,27 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         let env = std::env::var("METRICS_PORT").ok();
         Some(listen_addr(args.listen.as_deref(), env.as_deref())?)
     };
+    let http = server::HttpOptions {
+        admin: admin_listen_addr(args.admin_listen.as_deref())?,
+        web: match &args.web_config_file {
+            Some(path) => match server::WebConfig::load(path) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            },
+            None => server::WebConfig::default(),
+        },
+        admin_token: token_from_env(args.admin_token_env.as_deref())?
+            .map(|t| std::sync::Arc::new(server::auth::BearerToken::new(&t))),
+        limits: server::Limits {
+            max_connections: args.http_max_connections.max(1),
+            header_timeout: std::time::Duration::from_secs(args.http_header_timeout_secs.max(1)),
+            write_timeout: std::time::Duration::from_secs(args.http_write_timeout_secs.max(1)),
+            ..server::Limits::default()
+        },
+    };
     let progress = match args.progress.as_str() {
         "always" => true,
         "never" => false,
@@ -620,9 +756,11 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the tokio runtime")?;
     let shutdown = CancellationToken::new();
     runtime.spawn(crate::shutdown::watch_signals(shutdown.clone()));
+    let parse_report = std::sync::Arc::new(crate::parse::report::ParseReport::default());
     let opts = RunOptions {
         files: args.files,
         listen,
+        http,
         progress,
         tcp: args.tcp,
         oneshot: args.oneshot,
@@ -643,6 +781,12 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         notify: args.notify,
         config: args.config.clone(),
         watch_config: args.watch_config,
+        parse_report: parse_report.clone(),
+        multiline: args
+            .multiline
+            .as_deref()
+            .and_then(crate::source::multiline::MultilineMode::parse)
+            .map(crate::source::multiline::MultilineConfig::mode),
     };
     runtime.block_on(topology::run(pipeline, opts, selfm.clone(), shutdown))?;
     if args.oneshot {
@@ -660,10 +804,21 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
             r => r.context("writing the exposition")?,
         }
     }
+    // A backfill says what it read and what went wrong, on stderr (stdout is the exposition).
+    let code = if args.oneshot {
+        eprint!("{}", parse_report.summary());
+        if parse_report.nothing_usable() {
+            ExitCode::from(crate::parse::report::EXIT_NOTHING_USABLE)
+        } else {
+            ExitCode::SUCCESS
+        }
+    } else {
+        ExitCode::SUCCESS
+    };
     tracing::info!("stopped");
     // The stdin reader may still sit in a blocking read; don't wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 #[cfg(test)]
@@ -688,6 +843,30 @@ mod tests {
             "0.0.0.0:8080"
         );
         assert!(listen_addr(Some("nonsense"), None).is_err());
+    }
+
+    #[test]
+    fn admin_addresses() {
+        assert_eq!(
+            admin_listen_addr(None).unwrap().unwrap().to_string(),
+            "127.0.0.1:9190"
+        );
+        assert_eq!(admin_listen_addr(Some("off")).unwrap(), None);
+        assert_eq!(
+            admin_listen_addr(Some("0.0.0.0:9999")).unwrap().unwrap().to_string(),
+            "0.0.0.0:9999"
+        );
+        assert!(admin_listen_addr(Some("9999")).is_err());
+        assert_eq!(admin_client_addr(None, None).unwrap(), "127.0.0.1:9190");
+        assert_eq!(
+            admin_client_addr(None, Some("0.0.0.0:9300")).unwrap(),
+            "127.0.0.1:9300"
+        );
+        assert_eq!(
+            admin_client_addr(Some("h:1".into()), Some("0.0.0.0:9300")).unwrap(),
+            "h:1"
+        );
+        assert!(admin_client_addr(None, Some("off")).is_err());
     }
 
     #[test]

@@ -7,8 +7,6 @@
 //! error names the file, line and column, quotes the line and says what was expected.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use prometheus::Registry;
@@ -19,6 +17,10 @@ use crate::alert::notify::NotifierConfig;
 use crate::alert::rule::AlertConfig;
 use crate::alert::window::Feed;
 use crate::derive::{CompiledMetric, Deriver, MetricConfig};
+use crate::interpolate::{interpolate, Env, Interpolation, ProcessEnv};
+pub use crate::located::{closest, locate, CompileError, Located};
+use crate::located::with_hint;
+use crate::parse::text::ParserConfig;
 use crate::parse::{EventConfig, LineParser, PathTrie};
 use crate::sink::SinkConfig;
 use crate::source::SourceConfig;
@@ -36,9 +38,19 @@ pub struct PipelineConfig {
     /// Where the event fields come from (`[event]`).
     #[serde(default)]
     pub event: EventConfig,
+    /// How lines are read (`[parser]`): `json` (default), `logfmt` or `regex`, with fallbacks.
+    /// A source's own `parser` replaces it for that source's lines.
+    #[serde(default)]
+    pub parser: ParserConfig,
     /// Inputs (`[[sources]]`). Default: stdin, or the files named on the command line.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
+    /// Multi-line joining for the sources weir makes itself: stdin when the pipeline names no
+    /// source, the files and `--tcp` addresses given on the command line (`--multiline`
+    /// overrides it; `[[sources]]` carry their own). A top-level key: write it before the
+    /// first table. Default: none.
+    #[serde(default)]
+    pub multiline: Option<crate::source::multiline::MultilineConfig>,
     /// Directory for weir's state (file checkpoints, disk buffers). Default: none
     /// (`--data-dir` sets it).
     #[serde(default)]
@@ -57,23 +69,11 @@ pub struct PipelineConfig {
     pub notifiers: BTreeMap<String, NotifierConfig>,
     /// Unit tests of the pipeline (`[[tests]]`), run by `weir test`; ignored by `weir run`.
     #[serde(default)]
-    pub tests: Vec<crate::pipeline_test::TestConfig>,
-}
-
-/// An error in a part of the file, located by byte span; [`ConfigError::Invalid`] once placed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompileError {
-    pub span: Range<usize>,
-    pub message: String,
-}
-
-impl CompileError {
-    pub fn at(span: Range<usize>, message: impl Into<String>) -> Self {
-        CompileError {
-            span,
-            message: message.into(),
-        }
-    }
+    pub tests: Vec<crate::pipeline_test::schema::TestConfig>,
+    /// The `${VAR}` substitutions made in the file's text (not a key of the file): spans of
+    /// the fields above are offsets into the substituted text; this maps them back.
+    #[serde(skip)]
+    pub interpolation: Interpolation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,77 +88,6 @@ pub enum ConfigError {
     Invalid(Located),
 }
 
-/// A message with its place in a file and the line quoted.
-#[derive(Debug)]
-pub struct Located {
-    pub path: String,
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-    pub source_line: String,
-}
-
-impl fmt::Display for Located {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let num = self.line.to_string();
-        let pad = " ".repeat(num.len());
-        write!(
-            f,
-            "{}:{}:{}: {}\n{pad} |\n{num} | {}\n{pad} | {}^",
-            self.path,
-            self.line,
-            self.column,
-            self.message,
-            self.source_line,
-            " ".repeat(self.column.saturating_sub(1))
-        )
-    }
-}
-
-/// The closest of `names` to `wanted` (a misspelling), for "did you mean".
-pub fn closest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    names
-        .map(|n| (strsim::levenshtein(wanted, n), n))
-        .filter(|(d, n)| *d > 0 && *d <= (n.len().max(wanted.len()) / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, n)| n)
-}
-
-/// Adds "did you mean" to serde's "unknown field `whenn`, expected one of `when`, ..." and
-/// "unknown variant `countr`, expected one of `counter`, ...".
-fn with_hint(message: &str) -> String {
-    let hint = ["unknown field `", "unknown variant `"]
-        .iter()
-        .find_map(|p| {
-            let rest = message.split_once(p)?.1;
-            let (wanted, rest) = rest.split_once('`')?;
-            let expected = rest.split_once("expected")?.1;
-            let names = expected.split('`').skip(1).step_by(2);
-            closest(wanted, names).map(|c| format!("; did you mean `{c}`?"))
-        });
-    format!("{message}{}", hint.unwrap_or_default())
-}
-
-/// Places a byte offset of `text` as 1-based line and column (in characters).
-pub(crate) fn locate(path: &str, text: &str, offset: usize, message: String) -> Located {
-    let offset = offset.min(text.len());
-    let offset = (0..=offset)
-        .rev()
-        .find(|&o| text.is_char_boundary(o))
-        .unwrap_or(0);
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
-    Located {
-        path: path.to_string(),
-        line: text[..offset].matches('\n').count() + 1,
-        column: text[line_start..offset].chars().count() + 1,
-        message,
-        source_line: text[line_start..line_end]
-            .trim_end_matches('\r')
-            .to_string(),
-    }
-}
-
 /// A pipeline compiled and ready to run.
 pub struct CompiledPipeline {
     /// Where the pipeline came from, for logs.
@@ -170,6 +99,8 @@ pub struct CompiledPipeline {
     /// The registry holding the derived metrics (weir's own are in [`SelfMetrics`]).
     pub registry: Registry,
     pub sources: Vec<SourceConfig>,
+    /// The top-level `multiline`, for the sources the command line adds.
+    pub multiline: Option<crate::source::multiline::MultilineConfig>,
     pub data_dir: Option<PathBuf>,
     pub sinks: Vec<SinkConfig>,
     /// Alert rules, in file order (their windows live in `deriver.feed`).
@@ -178,24 +109,42 @@ pub struct CompiledPipeline {
 }
 
 impl PipelineConfig {
-    /// Parses pipeline text; `path` names it in errors.
+    /// Parses pipeline text as written (its `${VAR}` taken from the process environment);
+    /// `path` names it in errors.
     pub fn parse(path: &str, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| {
+        Self::parse_with_env(path, text, &ProcessEnv)
+    }
+
+    /// [`PipelineConfig::parse`] with the variables of `env`.
+    pub fn parse_with_env(
+        path: &str,
+        text: &str,
+        env: &(impl Env + ?Sized),
+    ) -> Result<Self, ConfigError> {
+        let interpolation = interpolate(text, env)
+            .map_err(|e| ConfigError::Invalid(locate(path, text, e.span.start, e.message)))?;
+        let mut cfg: Self = toml::from_str(interpolation.text(text)).map_err(|e| {
             let at = e.span().map_or(0, |s| s.start);
-            ConfigError::Invalid(locate(path, text, at, with_hint(e.message().trim())))
-        })
+            let message = with_hint(e.message().trim());
+            ConfigError::Invalid(interpolation.locate(path, text, at, &message))
+        })?;
+        cfg.interpolation = interpolation;
+        Ok(cfg)
     }
 
     /// Compiles the pipeline: parse settings and metrics (registered in a new registry). Pure:
-    /// no I/O. `path` and `text` are what was parsed, to place errors.
+    /// no I/O. `path` and `text` are what was parsed (the file as written), to place errors.
     pub fn compile(
         &self,
         path: &str,
         text: &str,
         selfm: &SelfMetrics,
     ) -> Result<CompiledPipeline, ConfigError> {
-        let place =
-            |e: CompileError| ConfigError::Invalid(locate(path, text, e.span.start, e.message));
+        // Spans are offsets into the substituted text; errors quote the file as written.
+        let (file, text) = (text, self.interpolation.text(text));
+        let place = |e: CompileError| {
+            ConfigError::Invalid(self.interpolation.locate(path, file, e.span.start, &e.message))
+        };
         let registry = Registry::new();
         let mut trie = PathTrie::new();
         let event_paths = self.event.intern(&mut trie);
@@ -293,18 +242,69 @@ impl PipelineConfig {
                 "event.max_line_bytes must be at least 1",
             )));
         }
+        if let Some(Err(message)) = self.multiline.as_ref().map(|m| m.compile()) {
+            return Err(place(CompileError::at(
+                text.find("multiline").unwrap_or(0)..0,
+                message,
+            )));
+        }
+        let parser = self.compile_parsers(text, &trie).map_err(place)?;
         Ok(CompiledPipeline {
             origin: path.to_string(),
-            parser: event_paths.into_parser(trie),
+            parser: event_paths.into_parser(trie).with_formats(parser.0, parser.1),
             event: self.event.clone(),
             deriver: Deriver::new(metrics).with_feed(feed),
             registry,
             sources: self.sources.clone(),
+            multiline: self.multiline.clone(),
             data_dir: self.data_dir.clone(),
             sinks: self.sinks.clone(),
             rules,
             notifiers: self.notifiers.clone(),
         })
+    }
+}
+
+type SourceChains = Vec<(Box<str>, Option<crate::parse::text::Chain>)>;
+
+impl PipelineConfig {
+    /// `[parser]` and the sources' own `parser`s, compiled once `trie` holds every path. A
+    /// source's lines are told apart by its name (`stdin`, each of a file source's `paths`,
+    /// `tcp:ADDRESS`), so two sources with one name cannot have parsers of their own.
+    fn compile_parsers(
+        &self,
+        text: &str,
+        trie: &PathTrie,
+    ) -> Result<(Option<crate::parse::text::Chain>, SourceChains), CompileError> {
+        let header = text.find("[parser]").map_or(0..0, |at| at..at);
+        let chain = self.parser.compile(trie, header)?;
+        let mut sources: SourceChains = Vec::new();
+        for (i, src) in self.sources.iter().enumerate() {
+            let (own, names) = match src {
+                SourceConfig::Stdin(s) => (&s.parser, vec!["stdin".to_string()]),
+                SourceConfig::File(f) => (&f.parser, f.paths.clone()),
+                SourceConfig::Tcp(t) => (&t.parser, vec![format!("tcp:{}", t.address)]),
+            };
+            let Some(own) = own else { continue };
+            let at = text
+                .match_indices("[[sources]]")
+                .nth(i)
+                .map_or(0..0, |(at, _)| at..at);
+            let own_chain = own.compile(trie, at.clone()).map_err(|e| CompileError {
+                message: format!("sources[{i}]: {}", e.message),
+                ..e
+            })?;
+            for name in names {
+                if sources.iter().any(|(n, _)| **n == *name) {
+                    return Err(CompileError::at(
+                        at,
+                        format!("sources[{i}]: another source named {name:?} has a parser of its own; a source's lines are told apart by its name, so give each path (or address) one parser"),
+                    ));
+                }
+                sources.push((name.into(), own_chain.clone()));
+            }
+        }
+        Ok((chain, sources))
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -114,10 +115,25 @@ pub enum ParseIssue {
     TimestampInvalid,
     /// A Docker or CRI log line whose envelope could not be read: kept as the raw line.
     InvalidEnvelope,
+    /// Invalid JSON only because the message was pasted in unescaped (a quote, backslash or
+    /// tab in it): repaired and parsed (see `parse::repair`); the event is whole.
+    MessageUnescaped,
+    /// A multi-line event (traceback, stack trace) past its `max_lines` or `max_bytes`: the
+    /// lines past the limit were dropped; counted once per event by the source's joiner.
+    MultilineTruncated,
+    /// A line that the `regex` parser's pattern (and every fallback) did not match: kept as a
+    /// raw-line event.
+    RegexNoMatch,
+    /// A line that is not logfmt (no `key=value`, an unterminated quote...) and that no
+    /// fallback read: kept as a raw-line event.
+    InvalidLogfmt,
+    /// A field of a text parser's `types` whose text is not of its type (`status=abc` for an
+    /// `int`): the field is left out, the event kept.
+    FieldTypeInvalid,
 }
 
 impl ParseIssue {
-    pub const ALL: [ParseIssue; 7] = [
+    pub const ALL: &'static [ParseIssue] = &[
         ParseIssue::InvalidJson,
         ParseIssue::NotAnObject,
         ParseIssue::InvalidUtf8,
@@ -125,6 +141,11 @@ impl ParseIssue {
         ParseIssue::TimestampMissing,
         ParseIssue::TimestampInvalid,
         ParseIssue::InvalidEnvelope,
+        ParseIssue::MessageUnescaped,
+        ParseIssue::MultilineTruncated,
+        ParseIssue::RegexNoMatch,
+        ParseIssue::InvalidLogfmt,
+        ParseIssue::FieldTypeInvalid,
     ];
 
     /// The `reason` label value.
@@ -137,6 +158,32 @@ impl ParseIssue {
             ParseIssue::TimestampMissing => "timestamp_missing",
             ParseIssue::TimestampInvalid => "timestamp_invalid",
             ParseIssue::InvalidEnvelope => "invalid_envelope",
+            ParseIssue::MessageUnescaped => "message_unescaped",
+            ParseIssue::MultilineTruncated => "multiline_truncated",
+            ParseIssue::RegexNoMatch => "regex_no_match",
+            ParseIssue::InvalidLogfmt => "invalid_logfmt",
+            ParseIssue::FieldTypeInvalid => "field_type_invalid",
+        }
+    }
+
+    /// Whether this problem means the line's parser could not read the line at all: the event
+    /// is its raw line (`Event::parsed` false), shipped and counted, seen by no metric unless
+    /// `include_unparsed`. A `--oneshot` in which every line was unusable exits 3. Exhaustive
+    /// on purpose: a new variant must decide.
+    pub fn unusable(self) -> bool {
+        match self {
+            ParseIssue::InvalidJson
+            | ParseIssue::NotAnObject
+            | ParseIssue::RegexNoMatch
+            | ParseIssue::InvalidLogfmt => true,
+            ParseIssue::InvalidUtf8
+            | ParseIssue::Truncated
+            | ParseIssue::TimestampMissing
+            | ParseIssue::TimestampInvalid
+            | ParseIssue::InvalidEnvelope
+            | ParseIssue::MessageUnescaped
+            | ParseIssue::MultilineTruncated
+            | ParseIssue::FieldTypeInvalid => false,
         }
     }
 }
@@ -148,6 +195,10 @@ pub struct Event<'a> {
     pub line: &'a str,
     /// Whether the line was a JSON object; otherwise every field below but `message` is a default.
     pub is_json: bool,
+    /// Whether the line's parser could read it (a JSON object, or a line another parser of the
+    /// pipeline matched). An unparsed line is kept as a raw-message event: counted, shipped,
+    /// and seen by no metric unless the metric sets `include_unparsed`.
+    pub parsed: bool,
     pub timestamp: TimestampNs,
     pub level: Level,
     pub component: Option<Cow<'a, str>>,
@@ -155,6 +206,15 @@ pub struct Event<'a> {
     pub trace_id: Cow<'a, str>,
     /// Values captured at the pipeline's field paths, indexed by path id (see `parse::FieldPaths`).
     pub captured: Vec<Option<Value<'a>>>,
+    /// The text parser (logfmt, regex) that read the line, to decode all its fields on demand
+    /// ([`Event::fields`]); `None` for JSON and unparsed lines.
+    pub text: Option<Arc<dyn LineFields>>,
+}
+
+/// Decodes every field of a line that a text parser read (`parse::text`), for documents and
+/// `weir test`. A trait so that this module imports nothing of the parsers.
+pub trait LineFields: fmt::Debug + Send + Sync {
+    fn fields(&self, line: &str) -> serde_json::Map<String, serde_json::Value>;
 }
 
 impl<'a> Event<'a> {
@@ -165,9 +225,24 @@ impl<'a> Event<'a> {
 
     /// The whole JSON object of the line, decoded now (not on the hot path): every field,
     /// nested objects kept. Empty for a line that was not a JSON object.
+    /// A joined multi-line event (see `source::multiline`) is its first line's object with the
+    /// continuation lines under `exception` (unless the object has an `exception` of its own).
     pub fn fields(&self) -> serde_json::Map<String, serde_json::Value> {
-        match serde_json::from_str::<serde_json::Value>(self.line) {
-            Ok(serde_json::Value::Object(map)) => map,
+        let (head, exception) = split_joined(self.line);
+        if let Some(text) = &self.text {
+            let mut map = text.fields(head);
+            if let Some(e) = exception {
+                map.entry("exception").or_insert_with(|| e.into());
+            }
+            return map;
+        }
+        match serde_json::from_str::<serde_json::Value>(head) {
+            Ok(serde_json::Value::Object(mut map)) => {
+                if let Some(e) = exception {
+                    map.entry("exception").or_insert_with(|| e.into());
+                }
+                map
+            }
             _ => serde_json::Map::new(),
         }
     }
@@ -187,6 +262,16 @@ impl<'a> Event<'a> {
         map.insert("message".into(), self.message.as_ref().into());
         map.insert("trace_id".into(), self.trace_id.as_ref().into());
         serde_json::Value::Object(map)
+    }
+}
+
+/// A joined multi-line event's first line and the rest (its continuation lines, joined with
+/// `\n`); `(line, None)` for a single line. Only a source's multi-line joiner makes lines with a
+/// `\n` in them.
+pub fn split_joined(line: &str) -> (&str, Option<&str>) {
+    match memchr::memchr(b'\n', line.as_bytes()) {
+        Some(i) => (&line[..i], Some(&line[i + 1..])),
+        None => (line, None),
     }
 }
 

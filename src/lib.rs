@@ -12,7 +12,10 @@
 //! - [`server`]: `/metrics`, `/health`, `/ready`. [`telemetry`]: weir's own logs and metrics.
 //! - [`top`]: `weir top`, a running weir's own numbers (`GET /stats`), refreshed.
 //! - [`tap`]: `weir tap`, the live events of a running weir (filtered, rate-limited).
+//! - [`progress`]: stderr shared by the logs and the `--oneshot` progress bar.
 //! - [`config`]: pipeline files, loaded and compiled; [`cli`]: the command line.
+//! - [`interpolate`]: `${VAR}` and `${VAR:-default}` in pipeline files, mapped back for errors.
+//! - [`located`]: file:line:column errors and "did you mean", shared by every compiler (a leaf).
 //! - [`pipeline_test`]: `weir test`, the unit tests carried in pipeline files (`[[tests]]`).
 //! - [`generate`]: deterministic demo logs of the agent system.
 //! - [`dashboard`]: `weir generate grafana-dashboard`, a Grafana dashboard for a pipeline's metrics.
@@ -25,8 +28,11 @@ pub mod derive;
 pub mod event;
 pub mod explain;
 pub mod generate;
+pub mod interpolate;
+pub mod located;
 pub mod parse;
 pub mod pipeline_test;
+pub mod progress;
 pub mod redact;
 pub mod reload;
 pub mod server;

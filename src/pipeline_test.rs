@@ -22,132 +22,26 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
 use toml::Spanned;
 
 use crate::alert::engine::{Clock, Engine, Rule};
 use crate::alert::expr::{self, RuleExpr};
-use crate::config::{self, CompileError, CompiledPipeline, ConfigError, PipelineConfig};
+use crate::config::{CompiledPipeline, ConfigError, PipelineConfig};
+use crate::located::{self, CompileError};
 use crate::derive::condition::Ast;
 use crate::source::LineBatch;
 use crate::telemetry::SelfMetrics;
 use crate::topology::Processor;
 
 mod expect;
+pub mod schema;
 mod series;
 #[cfg(test)]
 mod tests;
 
+pub use schema::{AlertExpect, EventExpect, ExpectConfig, ExpectedState, TestConfig};
 use expect::{expected_field, lookup, tracks, AlertCheck, EventCheck, Parsed};
 use series::{check_series, samples, MetricCheck, SeriesKey};
-
-/// `[[tests]]`: input lines and what they must produce.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TestConfig {
-    /// What the test shows, in a few words; printed beside its result.
-    pub name: Spanned<String>,
-    /// The input, one log line per string. Give this or `input_file`.
-    #[serde(default)]
-    pub input: Option<Spanned<Vec<String>>>,
-    /// A file of input lines, relative to the pipeline file's directory. Give this or `input`.
-    #[serde(default)]
-    pub input_file: Option<Spanned<String>>,
-    /// What the input must produce. Default: nothing (the input only has to run).
-    #[serde(default)]
-    pub expect: ExpectConfig,
-}
-
-/// `[tests.expect]`: every part optional.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExpectConfig {
-    /// Series to value after the last line: `'name{label="value"}' = 3`. Labels left out match
-    /// any value and the matching series are summed (a name alone: the sum of all its series,
-    /// 0 when there is none). Histograms: `NAME_count`, `NAME_sum`, `NAME_bucket{le="..."}`.
-    #[serde(default)]
-    pub metrics: BTreeMap<Spanned<String>, Spanned<f64>>,
-    /// `[[tests.expect.events]]`: fields of the event parsed from one input line.
-    #[serde(default)]
-    pub events: Vec<EventExpect>,
-    /// `[[tests.expect.alerts]]`: alerts of the pipeline's rules.
-    #[serde(default)]
-    pub alerts: Vec<AlertExpect>,
-}
-
-/// `[[tests.expect.events]]`: `line` (0-based index into the input), then any number of
-/// `field = value`: `timestamp` (compared as instants), `level` (as normalised, so `"warn"`
-/// means WARNING), `component`, `message`, `trace_id`, or a path such as `"metadata.agent_id"`
-/// (compared as JSON values).
-///
-/// Read by hand rather than with `#[serde(flatten)]`, which would lose the spans that place
-/// errors and cannot be combined with `deny_unknown_fields` anyway.
-#[derive(Debug, Clone)]
-pub struct EventExpect {
-    pub line: Spanned<usize>,
-    pub fields: Vec<(Spanned<String>, Spanned<toml::Value>)>,
-}
-
-impl<'de> Deserialize<'de> for EventExpect {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = EventExpect;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a table with `line` and the fields to compare")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<EventExpect, A::Error> {
-                let mut line = None;
-                let mut fields = Vec::new();
-                while let Some(key) = map.next_key::<Spanned<String>>()? {
-                    if key.get_ref() == "line" {
-                        line = Some(map.next_value::<Spanned<usize>>()?);
-                    } else {
-                        fields.push((key, map.next_value::<Spanned<toml::Value>>()?));
-                    }
-                }
-                let line = line.ok_or_else(|| de::Error::missing_field("line"))?;
-                // The table's order is not the file's: sort back into it, for a stable report.
-                fields.sort_by_key(|(k, _)| k.span().start);
-                Ok(EventExpect { line, fields })
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// `[[tests.expect.alerts]]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertExpect {
-    /// The rule's name (`[[alerts]] name`).
-    pub rule: Spanned<String>,
-    /// The alert's group labels, exactly (the rule's static labels left out). Default: any
-    /// alert of the rule.
-    #[serde(default)]
-    pub labels: Option<Spanned<BTreeMap<String, String>>>,
-    /// fired (at some point), firing (still, after the last line) or not_fired.
-    pub state: ExpectedState,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExpectedState {
-    Fired,
-    Firing,
-    NotFired,
-}
-
-impl ExpectedState {
-    fn as_str(self) -> &'static str {
-        match self {
-            ExpectedState::Fired => "fired",
-            ExpectedState::Firing => "firing",
-            ExpectedState::NotFired => "not fired",
-        }
-    }
-}
 
 /// A test checked against its pipeline, ready to run.
 #[derive(Debug, Clone)]
@@ -197,6 +91,35 @@ fn split_lines(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Input lines joined into events as the pipeline's source would (its top-level `multiline`,
+/// else the first source's that has one), so a traceback in `input_file` is one event; with
+/// joining, `line` in `[[tests.expect.events]]` counts events. Unchanged without `multiline`.
+fn join_lines(p: &CompiledPipeline, lines: Vec<String>) -> Vec<String> {
+    let cfg = p
+        .multiline
+        .as_ref()
+        .or_else(|| p.sources.iter().find_map(|s| s.multiline()));
+    let Some(Ok(m)) = cfg.map(|c| c.compile()) else {
+        return lines;
+    };
+    let mut joiner = m.joiner_uncounted(p.parser.max_line_bytes());
+    let mut batch = LineBatch::new("test".into());
+    for l in &lines {
+        batch.push(l.as_bytes(), false, None);
+    }
+    let source = batch.source.clone();
+    let joined = [Some(joiner.join(batch)), joiner.flush(&source)];
+    joined
+        .iter()
+        .flatten()
+        .flat_map(|b| {
+            b.lines
+                .iter()
+                .map(|s| String::from_utf8_lossy(b.line(s)).into_owned())
+        })
+        .collect()
+}
+
 impl Case {
     /// Reads the input and checks every expectation against the compiled pipeline. `text` is
     /// the pipeline file, to place errors; `dir` resolves `input_file`.
@@ -229,10 +152,12 @@ impl Case {
                 split_lines(&bytes)
             }
         };
+        let lines = join_lines(p, lines);
         let parsed = lines
             .iter()
             .map(|l| {
-                let ev = p.parser.parse(l, 0, &mut |_| {});
+                let mut repaired = String::new();
+                let ev = p.parser.parse_line(l, &mut repaired, &[], 0, &mut |_| {});
                 Parsed {
                     json: ev.to_json(),
                     timestamp: ev.timestamp,
@@ -468,10 +393,10 @@ fn warnings(cfg: &PipelineConfig, cases: &[Case]) -> Vec<String> {
             paths.extend(condition_paths(w.get_ref()));
         }
         if let Some(v) = &m.value {
-            paths.push(v.get_ref().clone());
+            paths.extend(v.get_ref().0.iter().cloned());
         }
         if let Some(labels) = &m.labels {
-            paths.extend(labels.get_ref().values().map(|l| l.from.clone()));
+            paths.extend(labels.get_ref().values().flat_map(|l| l.from.0.iter().cloned()));
         }
         if let Some(pair) = &m.pair {
             paths.extend(condition_paths(pair.start.get_ref()));
@@ -503,7 +428,7 @@ fn warnings(cfg: &PipelineConfig, cases: &[Case]) -> Vec<String> {
                 .flat_map(|c| &c.parsed)
                 .any(|p| lookup(&p.json, &path).is_some_and(|v| !v.is_null()));
             if !present {
-                let hint = crate::config::closest(&path, known.iter().map(String::as_str))
+                let hint = located::closest(&path, known.iter().map(String::as_str))
                     .map(|c| format!(" (did you mean {c}?)"))
                     .unwrap_or_default();
                 out.push(format!(
@@ -553,9 +478,11 @@ pub fn run_text(name: &str, text: &str, dir: &Path) -> Result<FileReport, Config
     let cases = cfg
         .tests
         .iter()
-        .map(|t| Case::check(t, &base, text, dir))
+        .map(|t| Case::check(t, &base, cfg.interpolation.text(text), dir))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::Invalid(config::locate(name, text, e.span.start, e.message)))?;
+        .map_err(|e| {
+            ConfigError::Invalid(cfg.interpolation.locate(name, text, e.span.start, &e.message))
+        })?;
     let mut results = Vec::with_capacity(cases.len());
     for case in &cases {
         let (p, selfm) = compile()?;

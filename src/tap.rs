@@ -3,7 +3,9 @@
 //! # How
 //! `GET /tap?filter=EXPR&source=NAME&rate=N` subscribes; the answer is a stream of JSON lines
 //! (`application/x-ndjson`), one per event that passes (`{"source": "...", "event": {...}}`,
-//! the event as [`Event::to_json`](crate::event::Event::to_json) gives it), and, once a second
+//! the event as [`Event::to_json`](crate::event::Event::to_json) gives it, plus
+//! `"parse_problems": ["invalid_json", ...]` for a line with any, the reasons
+//! `weir_parse_errors_total` counted it under), and, once a second
 //! while some were lost, a note (`{"tap": {"dropped": n, "skipped": m}}`, counts since the last
 //! note). `weir tap` (in `cli.rs`) is the client. The filter is the `[[metrics]]` condition
 //! language ([`Condition`]); `source` is a source's name: `stdin`, a file source's path or glob
@@ -22,6 +24,10 @@
 //!   [`MAX_TAPS`] taps), into a bounded channel written with `try_send`: a slow client loses
 //!   events (counted as dropped), the processor never waits for it.
 //!
+//! - `/tap` is served on the admin listener only (127.0.0.1 by default, see [`crate::server`]):
+//!   it carries raw log lines. A client that stops reading is cut off once its socket has not
+//!   drained for the write timeout (`--http-write-timeout-secs`), which frees its tap slot.
+//!
 //! A subscription ends when its client goes away (the [`Subscription`] is dropped with the
 //! response body) or when the pipeline ends ([`TapHub::close`], so the server can stop). An
 //! `[event]` changed by a reload applies to the taps opened after it.
@@ -37,7 +43,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 
 use crate::derive::condition::Condition;
-use crate::event::TimestampNs;
+use crate::event::{ParseIssue, TimestampNs};
 use crate::parse::{line_text, EventConfig, FieldRef, LineParser, PathTrie};
 use crate::source::LineBatch;
 
@@ -158,12 +164,25 @@ impl Sub {
                 self.skipped += 1;
                 continue;
             }
-            // The pipeline counts the parse issues; a tap only looks.
-            let mut ignore = |_| {};
-            let text = line_text(batch.line(span), span.truncated, &mut ignore);
-            let ev =
-                self.parser
-                    .parse_with_attrs(&text, batch.attrs_of(span), received, &mut ignore);
+            // The pipeline counts the parse issues; a tap shows them with the event.
+            let mut problems: smallvec::SmallVec<[ParseIssue; 4]> = smallvec::SmallVec::new();
+            let mut note = |i: ParseIssue| {
+                if !problems.contains(&i) {
+                    problems.push(i);
+                }
+            };
+            if span.truncated {
+                note(ParseIssue::Truncated);
+            }
+            let text = line_text(batch.line(span), span.truncated, &mut note);
+            let mut repaired = String::new();
+            let ev = self.parser.parse_line(
+                &text,
+                &mut repaired,
+                batch.attrs_of(span),
+                received,
+                &mut note,
+            );
             if self.filter.as_ref().is_some_and(|f| !f.matches(&ev)) {
                 continue;
             }
@@ -172,7 +191,11 @@ impl Sub {
                 self.dropped += 1;
                 continue;
             }
-            let line = serde_json::json!({"source": &*batch.source, "event": ev.to_json()});
+            let mut line = serde_json::json!({"source": &*batch.source, "event": ev.to_json()});
+            if !problems.is_empty() {
+                // What the pipeline counted for this line (weir_parse_errors_total's reasons).
+                line["parse_problems"] = problems.iter().map(|i| i.reason()).collect();
+            }
             match self.tx.try_send(line.to_string()) {
                 Ok(()) => self.sent += 1,
                 Err(_) => self.dropped += 1,
@@ -476,6 +499,26 @@ mod tests {
     }
 
     #[test]
+    fn events_show_their_parse_problems() {
+        let h = hub();
+        let mut sub = h.subscribe(None, None, 100.0).unwrap();
+        h.offer(&batch(
+            "stdin",
+            &[
+                "not json",
+                r#"{"timestamp":"2024-01-01T00:00:00Z","message":"fine"}"#,
+                r#"{"message":"no time"}"#,
+            ],
+        ));
+        let got = drain(&mut sub);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0]["parse_problems"], serde_json::json!(["invalid_json"]));
+        assert_eq!(got[0]["event"]["message"], "not json");
+        assert!(got[1].get("parse_problems").is_none(), "{}", got[1]);
+        assert_eq!(got[2]["parse_problems"], serde_json::json!(["timestamp_missing"]));
+    }
+
+    #[test]
     fn only_the_named_source() {
         let h = hub();
         let mut sub = h
@@ -611,14 +654,18 @@ mod tests {
             EventConfig::default(),
             selfm.taps_active.clone(),
         ));
-        let app = crate::server::router(crate::server::AppState {
-            derived: prometheus::Registry::new(),
-            selfm: selfm.clone(),
-            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            alerts: None,
-            reload: None,
-            tap: Some(h.clone()),
-        });
+        let app = crate::server::admin_router(
+            crate::server::AppState {
+                derived: prometheus::Registry::new(),
+                selfm: selfm.clone(),
+                ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                alerts: None,
+                reload: None,
+                tap: Some(h.clone()),
+            },
+            None,
+            crate::server::Limits::default(),
+        );
         let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
         let res = app
             .clone()

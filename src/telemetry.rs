@@ -16,7 +16,7 @@ pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::progress::Stderr)
         .with_current_span(false)
         .try_init();
 }
@@ -126,6 +126,7 @@ impl SelfMetrics {
         .expect("valid constant name");
         up.set(1);
         reg.register(Box::new(up.clone())).expect("registered once");
+        register_state_metrics(&reg);
         SelfMetrics {
             events_total: counter_vec(
                 &reg,
@@ -258,5 +259,103 @@ impl SelfMetrics {
 impl Default for SelfMetrics {
     fn default() -> Self {
         SelfMetrics::new()
+    }
+}
+
+/// What an I/O error is, as a metric label: `enospc`, `edquot`, `erofs`, `eacces`, `emfile`,
+/// `eio`, `not_found`, or `other`. Never guessed into something else (a rotation, a deletion).
+pub fn io_error_kind(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::StorageFull => "enospc",
+        K::QuotaExceeded => "edquot",
+        K::ReadOnlyFilesystem => "erofs",
+        K::PermissionDenied => "eacces",
+        K::NotFound => "not_found",
+        _ => match e.raw_os_error() {
+            Some(24) => "emfile",
+            Some(5) => "eio",
+            _ => "other",
+        },
+    }
+}
+
+/// Process-wide counters for state under `data_dir` (disk buffers, checkpoints, alert state,
+/// dead letters): the code that meets these errors does not always hold a [`SelfMetrics`], so
+/// they live here once and every registry serves them.
+pub struct StateMetrics {
+    /// `weir_disk_errors_total{file, kind}`: failed reads and writes of state under data_dir.
+    pub disk_errors: IntCounterVec,
+    /// `weir_state_files_unreadable_total{file}`: state files found corrupt at start.
+    pub state_unreadable: IntCounterVec,
+    /// `weir_disk_buffer_corrupt_bytes_total{sink}`: bytes of a disk buffer skipped as corrupt.
+    pub buffer_corrupt_bytes: IntCounterVec,
+}
+
+/// The process-wide [`StateMetrics`].
+pub fn state_metrics() -> &'static StateMetrics {
+    static M: std::sync::OnceLock<StateMetrics> = std::sync::OnceLock::new();
+    M.get_or_init(|| StateMetrics {
+        disk_errors: IntCounterVec::new(
+            Opts::new(
+                "weir_disk_errors_total",
+                "Failed reads and writes of state under data_dir, by file and error kind.",
+            ),
+            &["file", "kind"],
+        )
+        .expect("self-metric names and labels are valid constants"),
+        state_unreadable: IntCounterVec::new(
+            Opts::new(
+                "weir_state_files_unreadable_total",
+                "State files found corrupt at start (moved aside, started afresh), by file.",
+            ),
+            &["file"],
+        )
+        .expect("self-metric names and labels are valid constants"),
+        buffer_corrupt_bytes: IntCounterVec::new(
+            Opts::new(
+                "weir_disk_buffer_corrupt_bytes_total",
+                "Bytes of a disk buffer skipped as corrupt (the records in them are counted in weir_sink_dropped_total{reason=\"corrupt\"}).",
+            ),
+            &["sink"],
+        )
+        .expect("self-metric names and labels are valid constants"),
+    })
+}
+
+fn register_state_metrics(reg: &Registry) {
+    let m = state_metrics();
+    for c in [&m.disk_errors, &m.state_unreadable, &m.buffer_corrupt_bytes] {
+        reg.register(Box::new(c.clone()))
+            .expect("state metrics are registered once in a fresh registry");
+    }
+}
+
+/// Rate limit for a repeated error's log line: the first occurrence is logged, then at most one
+/// line a minute, carrying how many were not logged in between.
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    /// The interval between two lines about the same error.
+    pub const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// `Some(n)` when a line should be logged now (`n`: occurrences not logged since the last
+    /// line), `None` when this one is only counted.
+    pub fn hit(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < Self::EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
     }
 }

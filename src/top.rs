@@ -260,8 +260,10 @@ pub fn render(addr: &str, prev: Option<(&Stats, Duration)>, cur: &Stats) -> Stri
 
 /// Options of `weir top`.
 pub struct TopOptions {
-    /// `HOST:PORT` of the running weir.
+    /// `HOST:PORT` of the running weir's admin listener.
     pub addr: String,
+    /// Sent as `Authorization: Bearer TOKEN` (`--admin-token-env`).
+    pub token: Option<String>,
     pub interval: Duration,
     /// Stop after this many frames.
     pub count: Option<u64>,
@@ -289,8 +291,16 @@ async fn poll(client: &reqwest::Client, addr: &str) -> anyhow::Result<Stats> {
 /// Polls `GET /stats` every interval and prints a frame, until `count` frames, Ctrl-C, or
 /// weir goes away (an error).
 pub async fn run(opts: TopOptions) -> anyhow::Result<()> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(t) = &opts.token {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+            .context("the admin token is not a valid header value")?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
+        .default_headers(headers)
         .build()
         .context("cannot build an HTTP client")?;
     let terminal = std::io::stdout().is_terminal();

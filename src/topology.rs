@@ -29,6 +29,7 @@ use crate::alert::engine::{Clock, Engine};
 use crate::config::CompiledPipeline;
 use crate::derive::Deriver;
 use crate::event::ParseIssue;
+use crate::parse::report::{self, BatchTally, LiveWarnings, ParseReport};
 use crate::parse::{line_text, LineParser};
 use crate::reload::{self, Reload};
 use crate::server::{self, AppState};
@@ -49,6 +50,8 @@ pub struct RunOptions {
     pub files: Vec<PathBuf>,
     /// Address for `/metrics`; `None` serves nothing (oneshot).
     pub listen: Option<std::net::SocketAddr>,
+    /// The admin listener, TLS, auth and limits of the HTTP surface (with `listen`).
+    pub http: server::HttpOptions,
     /// Show a progress bar over the files.
     pub progress: bool,
     /// TCP listen addresses from `--tcp`; each adds a TCP source.
@@ -57,6 +60,9 @@ pub struct RunOptions {
     pub oneshot: bool,
     /// `--format` for the sources made from the command line.
     pub format: Option<source::Format>,
+    /// `--multiline` for the sources made from the command line (else the pipeline's
+    /// top-level `multiline`).
+    pub multiline: Option<source::multiline::MultilineConfig>,
     /// `--data-dir`, else the pipeline's `data_dir`: where checkpoints are kept.
     pub data_dir: Option<PathBuf>,
     /// `--stdout`: pass every line through to stdout.
@@ -73,6 +79,8 @@ pub struct RunOptions {
     pub config: Option<PathBuf>,
     /// `--watch-config`: reload when the file changes.
     pub watch_config: bool,
+    /// Where the processor adds up the parse problems (the `--oneshot` summary reads it).
+    pub parse_report: Arc<ParseReport>,
 }
 
 /// Parse + derive, one batch at a time.
@@ -92,6 +100,10 @@ pub struct Processor {
     live: Option<prometheus::Registry>,
     /// `weir tap` subscriptions, offered every batch.
     tap: Option<Arc<TapHub>>,
+    /// The run's parse problems, for the `--oneshot` summary (see [`crate::parse::report`]).
+    report: Arc<ParseReport>,
+    /// A live run's warnings: a reason's first appearance, then a summary per period.
+    warnings: LiveWarnings,
 }
 
 impl Processor {
@@ -107,7 +119,15 @@ impl Processor {
             alerts: None,
             live: None,
             tap: None,
+            report: Arc::default(),
+            warnings: LiveWarnings::new(report::WARN_EVERY),
         }
+    }
+
+    /// Adds every batch's parse problems to `report` (the run's totals).
+    pub fn with_report(mut self, report: Arc<ParseReport>) -> Self {
+        self.report = report;
+        self
     }
 
     /// Offers every batch to these `weir tap` subscriptions.
@@ -220,7 +240,7 @@ impl Processor {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let tick = self.tick();
-        let mut counts = [0u64; ParseIssue::ALL.len()];
+        let mut tally = BatchTally::default();
         let event_clock = match &self.alerts {
             Some(a) if a.clock() == Clock::Event => true,
             Some(_) => {
@@ -229,17 +249,19 @@ impl Processor {
             }
             None => false,
         };
-        for span in &batch.lines {
+        // A source with a `parser` of its own: looked up once per batch, not per line.
+        let parser = self.parser.for_source(&batch.source);
+        for (at, span) in (0u32..).zip(&batch.lines) {
             let (bytes, truncated) = (batch.line(span), span.truncated);
-            let mut issue = |i: ParseIssue| counts[i as usize] += 1;
+            let mut issue = |i: ParseIssue| tally.issue(i, at);
             if truncated {
                 issue(ParseIssue::Truncated);
             }
             let text = line_text(bytes, truncated, &mut issue);
             let attrs = batch.attrs_of(span);
-            let ev = self
-                .parser
-                .parse_with_attrs(&text, attrs, received, &mut issue);
+            let mut repaired = String::new();
+            let ev = parser.parse_line(&text, &mut repaired, attrs, received, &mut issue);
+            tally.line(bytes, ev.parsed, at);
             if event_clock {
                 // A backfill runs on the events' time; a line without a usable one (it got
                 // the arrival time) stays at the clock's current second instead of jumping
@@ -273,7 +295,8 @@ impl Processor {
                 };
                 out.push(SinkEvent {
                     id: format!("{id:032x}"),
-                    line: text.to_string(),
+                    // The repaired text where an unescaped message was fixed.
+                    line: ev.line.to_string(),
                     timestamp: ev.timestamp,
                     level: ev.level,
                     component: ev.component.as_deref().map(str::to_string),
@@ -289,7 +312,7 @@ impl Processor {
                 });
             }
         }
-        for (c, n) in self.issues.iter().zip(counts) {
+        for (c, &n) in self.issues.iter().zip(&tally.counts) {
             if n > 0 {
                 c.inc_by(n);
             }
@@ -309,10 +332,20 @@ impl Processor {
         if let Some(t) = &self.tap {
             t.offer(batch);
         }
-        if counts[ParseIssue::InvalidJson as usize] > 0 {
+        // A sample line is copied only when a reason is first seen.
+        let line_of = |i: u32| {
+            batch
+                .lines
+                .get(i as usize)
+                .map_or_else(String::new, |s| String::from_utf8_lossy(batch.line(s)).into_owned())
+        };
+        self.report
+            .add(&batch.source, batch.lines.len() as u64, &tally, line_of);
+        self.warnings.after_batch(&batch.source, &tally, line_of);
+        if tally.counts[ParseIssue::InvalidJson as usize] > 0 {
             tracing::debug!(
                 source = %batch.source,
-                lines = counts[ParseIssue::InvalidJson as usize],
+                lines = tally.counts[ParseIssue::InvalidJson as usize],
                 "lines that are not JSON kept as raw-message events"
             );
         }
@@ -360,7 +393,6 @@ impl Processor {
                     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     let mut last = (Instant::now(), 0u64);
                     let mut events = 0u64;
-                    let mut warned_issues = 0u64;
                     let mut alert_every = tokio::time::interval(Duration::from_secs(1));
                     alert_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
@@ -391,15 +423,9 @@ impl Processor {
                                         .set((events - last.1) as f64 / secs);
                                 }
                                 last = (Instant::now(), events);
-                                let issues: u64 = self.issues.iter().map(IntCounter::get).sum();
-                                if issues > warned_issues {
-                                    // One line per tick at most: bad lines cannot flood the log.
-                                    tracing::warn!(
-                                        new = issues - warned_issues,
-                                        "lines with parse problems (kept; see weir_parse_errors_total)"
-                                    );
-                                    warned_issues = issues;
-                                }
+                                // Parse problems: a summary per period at most (the first
+                                // of each reason was logged as it came).
+                                self.warnings.tick(Instant::now());
                             }
                         }
                     }
@@ -427,17 +453,20 @@ pub struct CliAdditions {
     pub files: Vec<PathBuf>,
     pub tcp: Vec<String>,
     pub format: Option<source::Format>,
+    /// `--multiline`, else the pipeline's top-level `multiline`: for the sources made here.
+    pub multiline: Option<source::multiline::MultilineConfig>,
     pub stdout: bool,
     pub sinks: Vec<SinkCfg>,
     pub buffer: Option<sink::BufferKind>,
 }
 
 impl CliAdditions {
-    fn of(opts: &RunOptions) -> Self {
+    fn of(opts: &RunOptions, multiline: Option<&source::multiline::MultilineConfig>) -> Self {
         CliAdditions {
             files: opts.files.clone(),
             tcp: opts.tcp.clone(),
             format: opts.format,
+            multiline: opts.multiline.clone().or_else(|| multiline.cloned()),
             stdout: opts.stdout,
             sinks: opts.sinks.clone(),
             buffer: opts.buffer,
@@ -478,20 +507,27 @@ impl CliAdditions {
         let format = self.format.unwrap_or_default();
         let mut sources = pipeline;
         if !self.files.is_empty() {
-            sources.push(SourceConfig::File(source::FileConfig::for_paths(
+            let mut f = source::FileConfig::for_paths(
                 self.files.iter().map(|p| p.display().to_string()).collect(),
                 format,
-            )));
+            );
+            f.multiline = self.multiline.clone();
+            sources.push(SourceConfig::File(f));
         }
         for address in &self.tcp {
             sources.push(SourceConfig::Tcp(source::TcpConfig {
                 address: address.clone(),
                 format,
+                multiline: self.multiline.clone(),
                 ..source::TcpConfig::default()
             }));
         }
         if sources.is_empty() {
-            sources.push(SourceConfig::Stdin(source::StdinConfig { format }));
+            sources.push(SourceConfig::Stdin(source::StdinConfig {
+                format,
+                multiline: self.multiline.clone(),
+                parser: None,
+            }));
         }
         sources
     }
@@ -520,9 +556,15 @@ fn spawn_source(
     let stop = shutdown.child_token();
     let (out, max_line, selfm) = (ctx.out.clone(), ctx.max_line, ctx.selfm.clone());
     let token = stop.clone();
+    // Checked by `weir validate` already; compiled here for the source's joiner.
+    let multiline = s
+        .multiline()
+        .map(source::multiline::MultilineConfig::compile)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let handle = match s {
         SourceConfig::Stdin(cfg) => tasks.spawn(async move {
-            source::stdin::run(cfg.format, out, stop, max_line, selfm)
+            source::stdin::run(cfg.format, multiline, out, stop, max_line, selfm)
                 .await
                 .context("reading stdin")
         }),
@@ -542,7 +584,14 @@ fn spawn_source(
             }
             let progress = ctx.progress.then(|| progress_bar(&paths));
             tasks.spawn(async move {
-                source::file::read_to_end(paths, f.format, out, stop, max_line, selfm, progress)
+                let read = source::file::ReadOnce {
+                    format: f.format,
+                    multiline,
+                    max_line_bytes: max_line,
+                    selfm,
+                    progress,
+                };
+                source::file::read_to_end(paths, read, out, stop)
                     .await
                     .map_err(anyhow::Error::from)
             })
@@ -550,6 +599,7 @@ fn spawn_source(
         SourceConfig::File(cfg) => {
             let tail = source::file::Tail {
                 cfg,
+                multiline,
                 data_dir: ctx.data_dir.clone(),
                 max_line_bytes: max_line,
                 selfm,
@@ -574,13 +624,14 @@ pub async fn run(
         deriver,
         registry,
         sources,
+        multiline,
         origin,
         data_dir: pipeline_data_dir,
         sinks,
         rules,
         notifiers,
     } = pipeline;
-    let adds = CliAdditions::of(&opts);
+    let adds = CliAdditions::of(&opts, multiline.as_ref());
     let mut deriver = deriver;
     let data_dir = opts.data_dir.clone().or(pipeline_data_dir.clone());
     let sources = adds.sources(sources);
@@ -648,7 +699,8 @@ pub async fn run(
     let processor = Processor::new(parser, deriver, selfm.clone())
         .with_sinks(sink_inputs)
         .with_alerts(engine)
-        .with_registry(registry.clone());
+        .with_registry(registry.clone())
+        .with_report(opts.parse_report.clone());
     let tap = opts
         .listen
         .is_some()
@@ -689,25 +741,19 @@ pub async fn run(
     let server_stop = CancellationToken::new();
     let server = match opts.listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            let local = listener.local_addr()?;
-            tracing::info!(addr = %local, pipeline = %origin, "serving /metrics");
-            let app = server::router(AppState {
+            let state = AppState {
                 derived: registry.clone(),
                 selfm: selfm.clone(),
                 ready: ready.clone(),
                 alerts: alerts_view.clone(),
                 reload: reload_requests.clone(),
                 tap: tap.clone(),
-            });
-            let stop = server_stop.clone();
-            Some(tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            }))
+            };
+            // The public and the admin listener (see server.rs for what each serves).
+            let serving = server::start(addr, opts.http, state, server_stop.clone()).await?;
+            let admin = serving.admin.map_or("off".to_string(), |a| a.to_string());
+            tracing::info!(addr = %serving.public, admin = %admin, pipeline = %origin, "serving /metrics");
+            Some(serving.task)
         }
         None => None,
     };
@@ -849,7 +895,7 @@ pub async fn run(
     deadline.abort();
     server_stop.cancel();
     if let Some(s) = server {
-        s.await.context("server task panicked")??;
+        s.await.context("server task panicked")?;
     }
     match first_error {
         Some(e) => Err(e),
@@ -870,6 +916,8 @@ fn progress_bar(paths: &[PathBuf]) -> ProgressBar {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // Log lines are written around the bar, not into it.
+    crate::progress::show(&pb);
     pb
 }
 

@@ -418,12 +418,23 @@ impl Engine {
                         tracing::info!(path = %path.display(), alerts = n, "alert state restored");
                     }
                     Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "alert state unreadable; starting afresh")
+                        // Kept beside it for a look; the next save writes a fresh one.
+                        crate::telemetry::state_metrics()
+                            .state_unreadable
+                            .with_label_values(&["alert_state"])
+                            .inc();
+                        let aside = path.with_extension("json.corrupt");
+                        let moved = std::fs::rename(&path, &aside).is_ok();
+                        tracing::warn!(path = %path.display(), error = %e, moved_aside = moved, moved_to = %aside.display(), "alert state unreadable: every alert starts inactive, `for` timers and windows start empty")
                     }
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot read alert state; starting afresh")
+                    crate::telemetry::state_metrics()
+                        .disk_errors
+                        .with_label_values(&["alert_state", crate::telemetry::io_error_kind(&e)])
+                        .inc();
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read alert state: every alert starts inactive, `for` timers and windows start empty")
                 }
             }
             self.state_path = Some(path);

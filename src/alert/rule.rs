@@ -18,7 +18,7 @@ use super::expr::{self, Arith, Func, RuleExpr};
 use super::notify::{NotifierConfig, Severity};
 use super::template::Template;
 use super::window::{AbsentGroups, Feed, Term};
-use crate::config::CompileError;
+use crate::located::CompileError;
 use crate::derive::condition::Condition;
 use crate::derive::{CompiledMetric, MetricKind};
 use crate::parse::{FieldRef, PathTrie};
@@ -158,7 +158,7 @@ impl AlertConfig {
                 for target in n.get_ref() {
                     if !notifiers.contains_key(target) {
                         let hint =
-                            crate::config::closest(target, notifiers.keys().map(String::as_str))
+                            crate::located::closest(target, notifiers.keys().map(String::as_str))
                                 .map(|c| format!("; did you mean {c:?}?"))
                                 .unwrap_or_default();
                         let declared = if notifiers.is_empty() {
@@ -264,7 +264,7 @@ impl AlertConfig {
                     let here = at_byte(&self.expr, *offset);
                     let Some(mi) = metrics.iter().position(|m| &m.name == metric) else {
                         let hint =
-                            crate::config::closest(metric, metrics.iter().map(|m| m.name.as_str()))
+                            crate::located::closest(metric, metrics.iter().map(|m| m.name.as_str()))
                                 .map(|c| format!("; did you mean {c:?}?"))
                                 .unwrap_or_default();
                         return Err(CompileError::at(

@@ -98,7 +98,17 @@ pub enum Condition {
     NumCmp(FieldRef, Op, f64),
     BoolEq(FieldRef, bool),
     Regex(FieldRef, Regex),
+    /// `=~ "^literal"`: a regex that is an anchored plain prefix, tested without the regex
+    /// engine (the default pipeline's `message =~ "^Task completed: "` runs on every event).
+    StartsWith(FieldRef, String),
     LevelCmp(Op, Level),
+}
+
+/// The literal of a pattern that is `^` followed by characters with no regex meaning.
+fn anchored_literal(pattern: &str) -> Option<&str> {
+    let rest = pattern.strip_prefix('^')?;
+    let plain = |c: char| !"\\.+*?()|[]{}^$#&-~".contains(c) && (c == ' ' || !c.is_whitespace());
+    (!rest.is_empty() && rest.chars().all(plain)).then_some(rest)
 }
 
 #[derive(Debug)]
@@ -447,7 +457,10 @@ impl Ast {
                                 .trim_start_matches("error: ");
                             err(format!("a valid regular expression ({why})"))
                         })?;
-                        let m = Condition::Regex(field, re);
+                        let m = match anchored_literal(s) {
+                            Some(lit) => Condition::StartsWith(field, lit.to_string()),
+                            None => Condition::Regex(field, re),
+                        };
                         if *op == Op::NotMatch {
                             Condition::Not(Box::new(m))
                         } else {
@@ -531,6 +544,7 @@ impl Condition {
             Condition::Exists(f) => f.exists(ev),
             Condition::TextEq(f, s) => f.text(ev).is_some_and(|t| t == s.as_str()),
             Condition::Regex(f, re) => f.text(ev).is_some_and(|t| re.is_match(&t)),
+            Condition::StartsWith(f, p) => f.text(ev).is_some_and(|t| t.starts_with(p.as_str())),
             Condition::NumCmp(f, op, n) => f.number(ev).is_some_and(|v| cmp(*op, v, *n)),
             Condition::BoolEq(f, b) => f.boolean(ev) == Some(*b),
             Condition::LevelCmp(op, level) => {
@@ -543,6 +557,27 @@ impl Condition {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_anchored_plain_prefix_needs_no_regex_engine() {
+        use super::anchored_literal;
+        assert_eq!(
+            anchored_literal("^Task completed: "),
+            Some("Task completed: ")
+        );
+        for p in [
+            "Task",
+            "^",
+            "^a.b",
+            "^a|b",
+            "^(?i)task",
+            "^a\\d",
+            "^a$",
+            "^a\tb",
+        ] {
+            assert_eq!(anchored_literal(p), None, "{p}");
+        }
+    }
+
     use super::*;
 
     fn ast(s: &str) -> Ast {

@@ -20,6 +20,7 @@
 
 pub mod condition;
 pub mod pair;
+pub mod remember;
 pub mod series;
 
 use std::borrow::Cow;
@@ -33,8 +34,8 @@ use smallvec::SmallVec;
 use toml::Spanned;
 
 use crate::alert::window::Feed;
-use crate::config::CompileError;
 use crate::event::Event;
+use crate::located::CompileError;
 use crate::parse::{FieldRef, PathTrie};
 use crate::telemetry::SelfMetrics;
 use condition::Condition;
@@ -64,14 +65,27 @@ pub struct MetricConfig {
     /// Condition an event must match to update the metric. Default: every event.
     #[serde(default)]
     pub when: Option<Spanned<String>>,
-    /// Field holding the value. Counters default to adding 1; gauges and histograms need it
-    /// (histograms may use `pair` instead).
+    /// Field holding the value, or a list of fields: the first one an event has is used
+    /// (`value = ["metadata.depth", "metadata.current_depth"]`). Counters default to adding 1;
+    /// gauges and histograms need it (histograms may use `pair` instead).
     #[serde(default)]
-    pub value: Option<Spanned<String>>,
+    pub value: Option<Spanned<PathList>>,
+    /// The value is multiplied by this before it is used: `scale = 0.001` turns a
+    /// `duration_ms` field into the seconds of a `_seconds` histogram. Default: 1.
+    #[serde(default)]
+    pub scale: Option<Spanned<f64>>,
     /// Label name to field path (`agent_id = "metadata.agent_id"`), or to
-    /// `{ from = "path", default = "value" }`. A missing field gives the default, else "".
+    /// `{ from = "path" | ["path", ...], default = "value", remember_by = "field" }`. A missing
+    /// field gives the default, else "". With `remember_by`, an event that lacks the field
+    /// takes the value last seen on an earlier event with the same `remember_by` value (e.g.
+    /// the `error_type` of the error logged for the same `trace_id`).
     #[serde(default)]
     pub labels: Option<Spanned<BTreeMap<String, LabelSpec>>>,
+    /// Also derive from lines the parser could not read (invalid JSON, no regex match),
+    /// whose message is then the raw line. Default: false: such lines are counted in
+    /// `weir_parse_errors_total` and shipped, but feed no metric.
+    #[serde(default)]
+    pub include_unparsed: bool,
     /// Histogram bucket upper bounds, increasing. Default: Prometheus' default buckets.
     #[serde(default)]
     pub buckets: Option<Spanned<Vec<f64>>>,
@@ -102,11 +116,54 @@ const fn default_expire_after_secs() -> u64 {
     900
 }
 
+/// One field path, or a list of them tried in order (`"a.b"` or `["a.b", "c"]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathList(pub Vec<String>);
+
+impl fmt::Display for PathList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join(", else "))
+    }
+}
+
+impl<'de> Deserialize<'de> for PathList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PathList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field path, or a non-empty list of field paths")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<PathList, E> {
+                Ok(PathList(vec![s.to_string()]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<PathList, A::Error> {
+                let mut v = Vec::new();
+                while let Some(p) = seq.next_element::<String>()? {
+                    v.push(p);
+                }
+                if v.is_empty() {
+                    return Err(de::Error::invalid_length(0, &self));
+                }
+                Ok(PathList(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl PathList {
+    fn resolve(&self, trie: &mut PathTrie) -> SmallVec<[FieldRef; 2]> {
+        self.0.iter().map(|p| FieldRef::resolve(p, trie)).collect()
+    }
+}
+
 /// Where a label's value comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelSpec {
-    pub from: String,
+    pub from: PathList,
     pub default: Option<String>,
+    pub remember_by: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for LabelSpec {
@@ -114,19 +171,21 @@ impl<'de> Deserialize<'de> for LabelSpec {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Full {
-            from: String,
+            from: PathList,
             default: Option<String>,
+            remember_by: Option<String>,
         }
         struct V;
         impl<'de> Visitor<'de> for V {
             type Value = LabelSpec;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a field path, or a table { from = \"path\", default = \"value\" }")
+                f.write_str("a field path, or a table { from = \"path\", default = \"value\", remember_by = \"field\" }")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<LabelSpec, E> {
                 Ok(LabelSpec {
-                    from: s.to_string(),
+                    from: PathList(vec![s.to_string()]),
                     default: None,
+                    remember_by: None,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<LabelSpec, A::Error> {
@@ -134,6 +193,7 @@ impl<'de> Deserialize<'de> for LabelSpec {
                 Ok(LabelSpec {
                     from: full.from,
                     default: full.default,
+                    remember_by: full.remember_by,
                 })
             }
         }
@@ -142,13 +202,21 @@ impl<'de> Deserialize<'de> for LabelSpec {
 }
 
 struct Label {
-    field: FieldRef,
+    fields: SmallVec<[FieldRef; 2]>,
     default: Option<String>,
+    remember: Option<remember::Memory>,
+}
+
+impl Label {
+    /// The first of the label's fields the event has.
+    fn text<'e>(&self, ev: &'e Event<'_>) -> Option<Cow<'e, str>> {
+        self.fields.iter().find_map(|f| f.text(ev))
+    }
 }
 
 enum ValueFrom {
     One,
-    Field(FieldRef),
+    Field(SmallVec<[FieldRef; 2]>),
     Pair(Box<Pairing>),
 }
 
@@ -196,6 +264,9 @@ pub struct CompiledMetric {
     pub buckets: Vec<f64>,
     when: Option<Condition>,
     value: ValueFrom,
+    /// Multiplier of the value (`scale`).
+    scale: f64,
+    include_unparsed: bool,
     labels: Vec<Label>,
     series: SeriesTable,
     errors: ErrorCounters,
@@ -261,7 +332,11 @@ impl MetricConfig {
                 self.kind,
                 &self.help,
                 self.when.as_ref().map(|w| w.get_ref()),
-                self.value.as_ref().map(|v| v.get_ref()),
+                (
+                    self.value.as_ref().map(|v| v.get_ref()),
+                    self.scale.as_ref().map(|v| v.get_ref()),
+                    self.include_unparsed,
+                ),
                 self.labels.as_ref().map(|l| l.get_ref()),
                 self.buckets.as_ref().map(|b| b.get_ref()),
                 self.max_series,
@@ -324,9 +399,17 @@ impl MetricConfig {
                     ));
                 }
                 label_names.push(lname.clone());
+                let remember = l.remember_by.as_ref().map(|by| {
+                    remember::Memory::new(
+                        FieldRef::resolve(by, trie),
+                        remember::DEFAULT_MAX_ENTRIES,
+                        remember::DEFAULT_TTL_SECS,
+                    )
+                });
                 labels.push(Label {
-                    field: FieldRef::resolve(&l.from, trie),
+                    fields: l.from.resolve(trie),
                     default: l.default.clone(),
+                    remember,
                 });
             }
         }
@@ -364,7 +447,7 @@ impl MetricConfig {
                     format!("metric {name:?}: give either `value` or `pair`, not both"),
                 ))
             }
-            (Some(v), None, _) => ValueFrom::Field(FieldRef::resolve(v.get_ref(), trie)),
+            (Some(v), None, _) => ValueFrom::Field(v.get_ref().resolve(trie)),
             (None, Some(p), MetricKind::Histogram) => {
                 let start = compile_condition(&p.start, trie)?;
                 let key = FieldRef::resolve(&p.key, trie);
@@ -385,6 +468,25 @@ impl MetricConfig {
                 ))
             }
         };
+        let scale =
+            match &self.scale {
+                None => 1.0,
+                Some(sc) if !sc.get_ref().is_finite() || *sc.get_ref() == 0.0 => {
+                    return Err(CompileError::at(
+                        sc.span(),
+                        format!("metric {name:?}: scale must be a finite number other than 0"),
+                    ))
+                }
+                Some(_) if matches!(value, ValueFrom::Field(_)) => {
+                    self.scale.as_ref().map_or(1.0, |sc| *sc.get_ref())
+                }
+                Some(sc) => return Err(CompileError::at(
+                    sc.span(),
+                    format!(
+                        "metric {name:?}: scale applies to a `value` field; this metric has none"
+                    ),
+                )),
+            };
         let help = self
             .help
             .clone()
@@ -454,6 +556,8 @@ impl MetricConfig {
             },
             when,
             value,
+            scale,
+            include_unparsed: self.include_unparsed,
             labels,
             series,
             errors,
@@ -472,6 +576,17 @@ impl CompiledMetric {
     }
 
     fn apply(&mut self, ev: &Event<'_>, tick: u32, feed: &mut Feed) {
+        if !ev.parsed && !self.include_unparsed {
+            return;
+        }
+        let max = self.max_label_value_bytes;
+        for l in &mut self.labels {
+            if let Some(m) = &mut l.remember {
+                if let Some(v) = l.fields.iter().find_map(|f| f.text(ev)) {
+                    m.record(ev, &v, max, tick);
+                }
+            }
+        }
         if let ValueFrom::Pair(p) = &mut self.value {
             if self.when.as_ref().is_none_or(|w| !w.matches(ev)) {
                 p.observe_start(ev);
@@ -484,23 +599,28 @@ impl CompiledMetric {
         }
         let v = match &mut self.value {
             ValueFrom::One => 1.0,
-            ValueFrom::Field(f) => match f.number(ev) {
-                // `1e999999` reads as infinity: observed, it would make `_sum` +Inf, or NaN
-                // for good once a `-1e999999` follows.
-                Some(v) if !v.is_finite() => {
-                    inc(&self.errors.value_not_finite);
-                    return;
+            ValueFrom::Field(fields) => {
+                // The first of the fields the event has (a list: `value = ["a", "b"]`).
+                let found = fields.iter().find(|f| f.exists(ev)).or(fields.first());
+                let scale = self.scale;
+                match found.map(|f| (f.exists(ev), f.number(ev).map(|v| v * scale))) {
+                    // `1e999999` reads as infinity: observed, it would make `_sum` +Inf, or
+                    // NaN for good once a `-1e999999` follows.
+                    Some((_, Some(v))) if !v.is_finite() => {
+                        inc(&self.errors.value_not_finite);
+                        return;
+                    }
+                    Some((_, Some(v))) => v,
+                    Some((true, None)) => {
+                        inc(&self.errors.value_not_numeric);
+                        return;
+                    }
+                    _ => {
+                        inc(&self.errors.value_missing);
+                        return;
+                    }
                 }
-                Some(v) => v,
-                None if f.exists(ev) => {
-                    inc(&self.errors.value_not_numeric);
-                    return;
-                }
-                None => {
-                    inc(&self.errors.value_missing);
-                    return;
-                }
-            },
+            }
             ValueFrom::Pair(p) => match p.take(ev) {
                 Some(v) => v,
                 None => return,
@@ -511,15 +631,14 @@ impl CompiledMetric {
             return;
         }
         // Up to 8 labels stay on the stack: no allocation per event.
-        let max = self.max_label_value_bytes;
         let mut truncated = false;
         let values: SmallVec<[Cow<'_, str>; 8]> = self
             .labels
             .iter()
             .map(|l| {
                 let v = l
-                    .field
                     .text(ev)
+                    .or_else(|| l.remember.as_ref().and_then(|m| m.recall(ev, tick)))
                     .or_else(|| l.default.as_deref().map(Cow::Borrowed))
                     .unwrap_or(Cow::Borrowed(""));
                 let (v, cut) = cut_label(v, max);
@@ -721,5 +840,137 @@ max_label_value_bytes = 10
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
         assert!(text.len() < 20_000, "{}", text.len());
+    }
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn compile_error(pipeline: &str) -> String {
+        let selfm = SelfMetrics::new();
+        match PipelineConfig::parse("t.toml", pipeline)
+            .and_then(|c| c.compile("t.toml", pipeline, &selfm))
+        {
+            Ok(_) => panic!("compiled"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// `value` may list fields (the first present is used), `scale` multiplies the value.
+    #[test]
+    fn value_lists_and_scale() {
+        let pipeline = r#"
+[[metrics]]
+name = "depth"
+kind = "gauge"
+value = ["depth", "current_depth"]
+labels = { q = "q" }
+[[metrics]]
+name = "req_seconds"
+kind = "histogram"
+value = "duration_ms"
+scale = 0.001
+buckets = [0.1, 1]
+"#;
+        let text = run(
+            pipeline,
+            &lines(&[
+                r#"{"q":"a","depth":3}"#,
+                r#"{"q":"b","current_depth":7}"#,
+                r#"{"q":"c","depth":1,"current_depth":9}"#,
+                r#"{"q":"d"}"#,
+                r#"{"duration_ms":50}"#,
+                r#"{"duration_ms":"500"}"#,
+            ]),
+        );
+        for want in [
+            "depth{q=\"a\"} 3\n",
+            "depth{q=\"b\"} 7\n",
+            "depth{q=\"c\"} 1\n",
+            "req_seconds_bucket{le=\"0.1\"} 1\n",
+            "req_seconds_bucket{le=\"1\"} 2\n",
+            "req_seconds_sum 0.55\n",
+            // Every line lacking both fields (no `when` here): q=d and the two durations.
+            "weir_derive_errors_total{metric=\"depth\",reason=\"value_missing\"} 3\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+        for (bad, want) in [
+            (
+                "value = \"d\"\nscale = 0",
+                "scale must be a finite number other than 0",
+            ),
+            (
+                "scale = 2",
+                "scale applies to a `value` field; this metric has none",
+            ),
+            ("value = []", "a non-empty list of field paths"),
+        ] {
+            let p = format!("[[metrics]]\nname = \"m_total\"\nkind = \"counter\"\n{bad}\n");
+            let e = compile_error(&p);
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    /// `remember_by`: a label missing on an event takes the value seen on an earlier event
+    /// with the same key; its own value wins; no earlier event: the default.
+    #[test]
+    fn labels_remembered_by_trace_id() {
+        let pipeline = r#"
+[[metrics]]
+name = "failed_total"
+kind = "counter"
+when = 'message == "done" && status == "failure"'
+labels = { error_type = { from = ["error_type", "err.type"], default = "unknown", remember_by = "trace_id" } }
+"#;
+        let text = run(
+            pipeline,
+            &lines(&[
+                r#"{"message":"error","trace_id":"t1","error_type":"KeyError"}"#,
+                r#"{"message":"error","trace_id":"t2","err":{"type":"OSError"}}"#,
+                r#"{"message":"done","trace_id":"t1","status":"failure"}"#,
+                r#"{"message":"done","trace_id":"t2","status":"failure"}"#,
+                r#"{"message":"done","trace_id":"t3","status":"failure"}"#,
+                r#"{"message":"done","trace_id":"t1","status":"failure","error_type":"ValueError"}"#,
+            ]),
+        );
+        for want in [
+            "failed_total{error_type=\"KeyError\"} 1\n",
+            "failed_total{error_type=\"OSError\"} 1\n",
+            "failed_total{error_type=\"unknown\"} 1\n",
+            "failed_total{error_type=\"ValueError\"} 1\n",
+        ] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
+    }
+
+    /// Lines the parser could not read feed no metric, unless the metric asks for them.
+    #[test]
+    fn unparsed_lines_feed_only_metrics_that_include_them() {
+        let pipeline = r#"
+[[metrics]]
+name = "all_total"
+kind = "counter"
+[[metrics]]
+name = "panics_total"
+kind = "counter"
+when = 'message =~ "panic"'
+[[metrics]]
+name = "raw_panics_total"
+kind = "counter"
+when = 'message =~ "panic"'
+include_unparsed = true
+"#;
+        let text = run(
+            pipeline,
+            &lines(&[
+                r#"{"message":"panic averted"}"#,
+                "panic: runtime error: index out of range",
+                r#"{"message":"cut"#,
+            ]),
+        );
+        for want in ["all_total 1\n", "panics_total 1\n", "raw_panics_total 2\n"] {
+            assert!(text.contains(want), "{want:?} not in\n{text}");
+        }
     }
 }

@@ -9,6 +9,10 @@
 pub mod container;
 pub mod json;
 pub mod level;
+pub mod logfmt;
+pub mod repair;
+pub mod report;
+pub mod text;
 pub mod timestamp;
 
 use std::borrow::Cow;
@@ -46,6 +50,11 @@ pub struct EventConfig {
     /// Default: 1048576 (1 MiB).
     #[serde(default = "default_max_line_bytes")]
     pub max_line_bytes: usize,
+    /// Repair lines that are invalid JSON only because the message was pasted in unescaped
+    /// (Python's `logging` with a JSON-looking format string): the message is re-escaped and the
+    /// line parsed again, counted as `reason="message_unescaped"`. See [`repair`]. Default: true.
+    #[serde(default = "default_true")]
+    pub repair_unescaped_message: bool,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -83,6 +92,7 @@ impl Default for EventConfig {
             trace_id: default_trace_id_paths(),
             generate_trace_id: true,
             max_line_bytes: default_max_line_bytes(),
+            repair_unescaped_message: true,
         }
     }
 }
@@ -172,6 +182,13 @@ pub struct LineParser {
     trace_id: Vec<usize>,
     generate_trace_id: bool,
     max_line_bytes: usize,
+    /// Top-level message keys whose unescaped values [`repair`] may fix; empty: no repair.
+    repair_keys: Vec<String>,
+    /// `[parser]`'s formats; `None`: JSON only, the path taken without any extra work.
+    chain: Option<text::Chain>,
+    /// Parsers of the sources with a `parser` of their own, by source name (see
+    /// [`LineParser::for_source`]).
+    overrides: Vec<(Box<str>, LineParser)>,
 }
 
 /// The path ids of the event fields, interned before the pipeline's own paths.
@@ -184,6 +201,8 @@ pub struct EventPaths {
     trace_id: Vec<usize>,
     generate_trace_id: bool,
     max_line_bytes: usize,
+    /// Top-level message keys whose unescaped values [`repair`] may fix; empty: no repair.
+    repair_keys: Vec<String>,
 }
 
 impl EventConfig {
@@ -199,6 +218,15 @@ impl EventConfig {
             trace_id: ids(&self.trace_id),
             generate_trace_id: self.generate_trace_id,
             max_line_bytes: self.max_line_bytes.max(1),
+            repair_keys: if self.repair_unescaped_message {
+                self.message
+                    .iter()
+                    .filter(|p| !p.contains('.'))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 }
@@ -214,6 +242,9 @@ impl EventPaths {
             trace_id: self.trace_id,
             generate_trace_id: self.generate_trace_id,
             max_line_bytes: self.max_line_bytes,
+            repair_keys: self.repair_keys,
+            chain: None,
+            overrides: Vec::new(),
         }
     }
 }
@@ -235,7 +266,207 @@ impl LineParser {
         received: TimestampNs,
         issue: &mut impl FnMut(ParseIssue),
     ) -> Event<'a> {
-        self.parse_with_attrs(line, &[], received, issue)
+        match &self.chain {
+            Some(chain) => self.parse_chain(chain, line, None, &[], received, issue),
+            None => self.parse_with_attrs(line, &[], received, issue),
+        }
+    }
+
+    /// The parser for lines of the source named `source` (a `LineBatch`'s `source`): its own
+    /// when its `[[sources]]` entry has a `parser`, else this one. Once per batch.
+    pub fn for_source(&self, source: &str) -> &LineParser {
+        self.overrides
+            .iter()
+            .find(|(name, _)| **name == *source)
+            .map_or(self, |(_, p)| p)
+    }
+
+    /// Sets the formats (`[parser]`; `None`: JSON) and the per-source ones (by source name).
+    pub fn with_formats(
+        mut self,
+        chain: Option<text::Chain>,
+        sources: Vec<(Box<str>, Option<text::Chain>)>,
+    ) -> Self {
+        self.chain = chain;
+        self.overrides = sources
+            .into_iter()
+            .map(|(name, chain)| {
+                let mut p = self.clone();
+                p.overrides = Vec::new();
+                p.chain = chain;
+                (name, p)
+            })
+            .collect();
+        self
+    }
+
+    /// As [`parse_with_attrs`](Self::parse_with_attrs), and a line that is invalid JSON only
+    /// because of an unescaped message is repaired into `scratch` and parsed from there (the
+    /// event's `line` is then the repaired text). Issues of the failed first attempt are not
+    /// reported when the repair succeeds; `message_unescaped` is.
+    ///
+    /// With a `[parser]` chain (logfmt, regex, fallbacks), the line is tried with each format
+    /// in turn; see [`parse_chain`](Self::parse_chain).
+    pub fn parse_line<'a>(
+        &self,
+        line: &'a str,
+        scratch: &'a mut String,
+        attrs: &'a [(Box<str>, Box<str>)],
+        received: TimestampNs,
+        issue: &mut impl FnMut(ParseIssue),
+    ) -> Event<'a> {
+        match &self.chain {
+            Some(chain) => self.parse_chain(chain, line, Some(scratch), attrs, received, issue),
+            None => self.parse_json_line(line, scratch, attrs, received, issue),
+        }
+    }
+
+    /// Tries each format of `chain` in order; the first that reads the line makes the event,
+    /// and only its issues are reported. A line none reads is kept as a raw-message event and
+    /// counted once, under the first format's reason (`regex_no_match`, `invalid_logfmt`,
+    /// `invalid_json`). JSON in a chain is repaired (see [`repair`]) only with a `scratch`.
+    /// A text format reads a joined multi-line event's first line; the rest becomes its
+    /// `exception`, as for JSON.
+    fn parse_chain<'a>(
+        &self,
+        chain: &text::Chain,
+        line: &'a str,
+        scratch: Option<&'a mut String>,
+        attrs: &'a [(Box<str>, Box<str>)],
+        received: TimestampNs,
+        issue: &mut impl FnMut(ParseIssue),
+    ) -> Event<'a> {
+        let mut scratch = scratch;
+        let last = chain.formats.len().saturating_sub(1);
+        for (i, format) in chain.formats.iter().enumerate() {
+            match format {
+                text::Format::Json => {
+                    let mut found: smallvec::SmallVec<[ParseIssue; 4]> = smallvec::SmallVec::new();
+                    let ev = match scratch.take() {
+                        // The last chance for this line: JSON with repair.
+                        Some(s) if i == last => {
+                            self.parse_json_line(line, s, attrs, received, &mut |x| found.push(x))
+                        }
+                        s => {
+                            scratch = s;
+                            self.parse_with_attrs(line, attrs, received, &mut |x| found.push(x))
+                        }
+                    };
+                    if ev.parsed {
+                        found.into_iter().for_each(&mut *issue);
+                        return ev;
+                    }
+                }
+                text::Format::Text(f) => {
+                    if let Some(ev) = self.parse_text(f, line, attrs, received, issue) {
+                        return ev;
+                    }
+                }
+            }
+        }
+        // JSON first and no format read the line: JSON's own verdict, with its repair.
+        if let (Some(text::Format::Json), Some(s)) = (chain.formats.first(), scratch) {
+            return self.parse_json_line(line, s, attrs, received, issue);
+        }
+        issue(chain.no_match);
+        self.unparsed(line, attrs, received)
+    }
+
+    /// A line read with a text format; `None` when it is not in that format.
+    fn parse_text<'a>(
+        &self,
+        format: &std::sync::Arc<text::TextFormat>,
+        line: &'a str,
+        attrs: &'a [(Box<str>, Box<str>)],
+        received: TimestampNs,
+        issue: &mut impl FnMut(ParseIssue),
+    ) -> Option<Event<'a>> {
+        let (head, rest) = crate::event::split_joined(line);
+        let mut captured = vec![None; self.trie.len()];
+        if !format.capture(&self.trie, head, &mut captured, issue) {
+            return None;
+        }
+        if let (Some(rest), Some(id)) = (rest, self.trie.get("exception")) {
+            if captured[id].is_none() {
+                captured[id] = Some(Value::Str(Cow::Borrowed(rest)));
+            }
+        }
+        let from_line = (!attrs.is_empty()).then(|| captured.clone());
+        self.fill_attrs(attrs, &mut captured);
+        let text: std::sync::Arc<dyn crate::event::LineFields> = format.clone();
+        let mut ev = self.normalise(head, captured, from_line, received, issue, Some(text));
+        ev.line = line;
+        Some(ev)
+    }
+
+    /// Fills the paths a line lacks from the source's attributes.
+    fn fill_attrs<'a>(
+        &self,
+        attrs: &'a [(Box<str>, Box<str>)],
+        captured: &mut [Option<Value<'a>>],
+    ) {
+        for (k, v) in attrs {
+            if let Some(id) = self.trie.get(k) {
+                if captured[id].is_none() {
+                    captured[id] = Some(Value::Str(Cow::Borrowed(v)));
+                }
+            }
+        }
+    }
+
+    /// The raw-message event of a line no format read (as for broken JSON).
+    fn unparsed<'a>(
+        &self,
+        line: &'a str,
+        attrs: &'a [(Box<str>, Box<str>)],
+        received: TimestampNs,
+    ) -> Event<'a> {
+        let mut captured = vec![None; self.trie.len()];
+        self.fill_attrs(attrs, &mut captured);
+        let timestamp = self
+            .timestamp
+            .iter()
+            .find_map(|&id| captured[id].as_ref().and_then(timestamp::timestamp_of))
+            .unwrap_or(received);
+        Event {
+            line,
+            is_json: false,
+            parsed: false,
+            timestamp,
+            level: Level::Unknown,
+            component: None,
+            message: Cow::Borrowed(line),
+            trace_id: self.new_trace_id(),
+            captured,
+            text: None,
+        }
+    }
+
+    /// [`parse_line`](Self::parse_line) for JSON: the line, repaired when only its message
+    /// was pasted in unescaped.
+    fn parse_json_line<'a>(
+        &self,
+        line: &'a str,
+        scratch: &'a mut String,
+        attrs: &'a [(Box<str>, Box<str>)],
+        received: TimestampNs,
+        issue: &mut impl FnMut(ParseIssue),
+    ) -> Event<'a> {
+        if self.repair_keys.is_empty() {
+            return self.parse_with_attrs(line, attrs, received, issue);
+        }
+        let mut first: smallvec::SmallVec<[ParseIssue; 4]> = smallvec::SmallVec::new();
+        let ev = self.parse_with_attrs(line, attrs, received, &mut |i| first.push(i));
+        if !ev.parsed && first.contains(&ParseIssue::InvalidJson) {
+            if let Some(fixed) = repair::unescaped_message(line, &self.repair_keys) {
+                *scratch = fixed;
+                let fixed: &'a String = scratch;
+                issue(ParseIssue::MessageUnescaped);
+                return self.parse_with_attrs(fixed, attrs, received, issue);
+            }
+        }
+        first.into_iter().for_each(&mut *issue);
+        ev
     }
 
     /// As [`parse`](Self::parse), with attributes the source attached to the line (container
@@ -248,6 +479,29 @@ impl LineParser {
         received: TimestampNs,
         issue: &mut impl FnMut(ParseIssue),
     ) -> Event<'a> {
+        // A joined multi-line event (only `source::multiline` makes lines with a `\n`): a JSON
+        // object on its first line is the event, the continuation lines its `exception`; the
+        // event's `line` stays the whole text (shipped whole). Otherwise it is parsed as one
+        // line, so a text head gives a raw-message event of the whole text.
+        if let (head, Some(rest)) = crate::event::split_joined(line) {
+            if head.trim_start().starts_with('{') {
+                let mut head_issues: smallvec::SmallVec<[ParseIssue; 4]> = smallvec::SmallVec::new();
+                let mut collect = |i| head_issues.push(i);
+                // As a trait object, so the recursion instantiates one function, not a chain.
+                let mut collect: &mut dyn FnMut(ParseIssue) = &mut collect;
+                let mut ev = self.parse_with_attrs(head, attrs, received, &mut collect);
+                if ev.is_json {
+                    head_issues.into_iter().for_each(&mut *issue);
+                    if let Some(id) = self.trie.get("exception") {
+                        if ev.captured[id].is_none() {
+                            ev.captured[id] = Some(Value::Str(Cow::Borrowed(rest)));
+                        }
+                    }
+                    ev.line = line;
+                    return ev;
+                }
+            }
+        }
         let mut captured = vec![None; self.trie.len()];
         let shape = json::capture(&self.trie, line, &mut captured);
         let fill_attrs = |captured: &mut Vec<Option<Value<'a>>>| {
@@ -274,18 +528,36 @@ impl LineParser {
             return Event {
                 line,
                 is_json: false,
+                parsed: false,
                 timestamp,
                 level: Level::Unknown,
                 component: None,
                 message: Cow::Borrowed(line),
                 trace_id: self.new_trace_id(),
                 captured,
+                text: None,
             };
         }
         // The line's own fields rank before the source's attributes: a line with `ts` keeps its
         // time even though the Docker envelope's `time` comes earlier in the path list.
         let from_line = (!attrs.is_empty()).then(|| captured.clone());
         fill_attrs(&mut captured);
+        self.normalise(line, captured, from_line, received, issue, None)
+    }
+
+    /// The event of a line its parser read, from its captures: `from_line` holds the captures
+    /// before the source's attributes were added (`None` when it has none); `text` is the text
+    /// parser that read it (`None`: JSON). A text line without a message field keeps the whole
+    /// line as its message (a JSON line gets an empty one).
+    fn normalise<'a>(
+        &self,
+        line: &'a str,
+        captured: Vec<Option<Value<'a>>>,
+        from_line: Option<Vec<Option<Value<'a>>>>,
+        received: TimestampNs,
+        issue: &mut impl FnMut(ParseIssue),
+        text: Option<std::sync::Arc<dyn crate::event::LineFields>>,
+    ) -> Event<'a> {
         let present = |c: &[Option<Value<'a>>], ids: &[usize]| {
             ids.iter()
                 .find_map(|&id| c[id].as_ref().filter(|v| **v != Value::Null))
@@ -313,20 +585,22 @@ impl LineParser {
         let component = first(&self.component).and_then(owned_text);
         let message = first(&self.message)
             .and_then(owned_text)
-            .unwrap_or(Cow::Borrowed(""));
+            .unwrap_or(Cow::Borrowed(if text.is_some() { line } else { "" }));
         let trace_id = match first(&self.trace_id).and_then(owned_text) {
             Some(t) if !t.is_empty() => t,
             _ => self.new_trace_id(),
         };
         Event {
             line,
-            is_json: true,
+            is_json: text.is_none(),
+            parsed: true,
             timestamp,
             level,
             component,
             message,
             trace_id,
             captured,
+            text,
         }
     }
 

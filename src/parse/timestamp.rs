@@ -3,6 +3,11 @@
 //! - RFC 3339 / ISO 8601, with `T` or a space, with or without fraction, with `Z`, an offset, or
 //!   none (then UTC): `2024-01-01T12:00:00Z`, `2024-01-01 12:00:00.123+02:00`, `2024-01-01T12:00:00`.
 //! - Python logging's `2024-01-01 12:00:00,123` (comma before the milliseconds).
+//! - The Common/Combined Log Format of nginx and Apache: `10/Oct/2000:13:55:36 -0700`.
+//! - Traditional syslog (RFC 3164, rsyslog's default file format): `Oct 11 22:14:15` and
+//!   `Jan  2 03:04:05`. It has neither year nor offset: the time is read as UTC (like every
+//!   offset-less form here) in the current year, or the previous one when that would put it more
+//!   than a day in the future (a December line read in January), as rsyslog's readers do.
 //! - Epoch numbers, as JSON numbers or strings of digits: the unit follows the magnitude, the way
 //!   Vector and Fluent Bit guess it: below 1e11 seconds (fractions allowed), below 1e14
 //!   milliseconds, below 1e17 microseconds, else nanoseconds.
@@ -31,8 +36,37 @@ pub fn parse_timestamp(s: &str) -> Option<TimestampNs> {
         return i64::try_from(ts.as_nanosecond()).ok();
     }
     // No offset: read as civil time in UTC.
-    let civil = s.parse::<jiff::civil::DateTime>().ok()?;
-    let ts = civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
+    if let Ok(civil) = s.parse::<jiff::civil::DateTime>() {
+        let ts = civil.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
+        return i64::try_from(ts.as_nanosecond()).ok();
+    }
+    if first.is_ascii_digit() && s.as_bytes().get(2) == Some(&b'/') {
+        let ts = jiff::fmt::strtime::parse("%d/%b/%Y:%H:%M:%S %z", s)
+            .ok()?
+            .to_timestamp()
+            .ok()?;
+        return i64::try_from(ts.as_nanosecond()).ok();
+    }
+    if first.is_ascii_uppercase() && (14..=15).contains(&s.len()) {
+        return syslog(s, jiff::Timestamp::now());
+    }
+    None
+}
+
+/// `Oct 11 22:14:15` as UTC in the year of `now`, or the year before when that is more than a
+/// day after `now`.
+fn syslog(s: &str, now: jiff::Timestamp) -> Option<TimestampNs> {
+    let mut tm = jiff::fmt::strtime::parse("%b %e %H:%M:%S", s).ok()?;
+    let year = now.to_zoned(jiff::tz::TimeZone::UTC).year();
+    let at = |tm: &mut jiff::fmt::strtime::BrokenDownTime, year: i16| {
+        tm.set_year(Some(year)).ok()?;
+        let civil = tm.to_datetime().ok()?;
+        civil.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp())
+    };
+    let ts = match at(&mut tm, year) {
+        Some(ts) if ts <= now + jiff::SignedDuration::from_hours(24) => ts,
+        _ => at(&mut tm, year - 1)?,
+    };
     i64::try_from(ts.as_nanosecond()).ok()
 }
 
@@ -103,6 +137,29 @@ mod tests {
         for (s, want) in cases {
             assert_eq!(parse_timestamp(s), Some(want), "{s}");
         }
+    }
+
+    #[test]
+    fn access_log_and_syslog_forms() {
+        // nginx/Apache `$time_local`.
+        assert_eq!(parse_timestamp("01/Jan/2024:07:00:00 -0500"), Some(T0));
+        assert_eq!(
+            parse_timestamp("10/Oct/2000:13:55:36 -0700"),
+            Some(971_211_336_000_000_000)
+        );
+        assert_eq!(parse_timestamp("01/Jnu/2024:07:00:00 -0500"), None);
+        // Syslog: the year comes from `now`.
+        let now: jiff::Timestamp = "2024-03-10T00:00:00Z".parse().unwrap();
+        let at = |s: &str| syslog(s, now).map(crate::event::format_rfc3339);
+        assert_eq!(at("Jan  1 12:00:00").as_deref(), Some("2024-01-01T12:00:00Z"));
+        assert_eq!(at("Mar 10 23:59:59").as_deref(), Some("2024-03-10T23:59:59Z"));
+        // Later than tomorrow: last year's.
+        assert_eq!(at("Dec 31 23:00:00").as_deref(), Some("2023-12-31T23:00:00Z"));
+        assert_eq!(at("Oct 11 22:14:15").as_deref(), Some("2023-10-11T22:14:15Z"));
+        assert_eq!(at("Foo 11 22:14:15"), None);
+        assert_eq!(at("Feb 30 22:14:15"), None);
+        // Through the public entry point, with today's year.
+        assert!(parse_timestamp("Jan  2 03:04:05").is_some());
     }
 
     #[test]

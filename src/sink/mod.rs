@@ -30,20 +30,32 @@ use crate::event::Level;
 /// every sink is done with every event of the batch.
 pub struct AckToken {
     on_done: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Set when one sink could not keep an event of the batch (its disk buffer write failed at
+    /// shutdown): the batch is then never acknowledged, so a file source re-reads it.
+    withheld: std::sync::atomic::AtomicBool,
 }
 
 impl AckToken {
     pub fn new(on_done: impl FnOnce() + Send + Sync + 'static) -> Arc<AckToken> {
         Arc::new(AckToken {
             on_done: Some(Box::new(on_done)),
+            withheld: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The batch must never be acknowledged: one of its events was not stored.
+    pub fn withhold(&self) {
+        self.withheld
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 }
 
 impl Drop for AckToken {
     fn drop(&mut self) {
         if let Some(f) = self.on_done.take() {
-            f();
+            if !self.withheld.load(std::sync::atomic::Ordering::Acquire) {
+                f();
+            }
         }
     }
 }
@@ -89,9 +101,16 @@ impl SinkEvent {
     /// source's attributes, and the normalised fields under `@timestamp`, `level`, `component`,
     /// `message`, `trace_id`.
     pub fn document(&self) -> serde_json::Map<String, serde_json::Value> {
+        // A joined multi-line event: its first line's object, the rest as `exception`.
+        let (head, exception) = crate::event::split_joined(&self.line);
         let mut doc = if self.is_json {
-            match serde_json::from_str::<serde_json::Value>(&self.line) {
-                Ok(serde_json::Value::Object(m)) => m,
+            match serde_json::from_str::<serde_json::Value>(head) {
+                Ok(serde_json::Value::Object(mut m)) => {
+                    if let Some(e) = exception {
+                        m.entry("exception").or_insert_with(|| e.into());
+                    }
+                    m
+                }
                 _ => serde_json::Map::new(),
             }
         } else {
@@ -160,11 +179,19 @@ impl SinkEvent {
         serde_json::to_writer(&mut *out, &self.message)?;
         out.extend_from_slice(b",\"trace_id\":");
         serde_json::to_writer(&mut *out, &self.trace_id)?;
+        // A joined multi-line event: its first line's members, the rest as `exception`.
+        let (head, exception) = crate::event::split_joined(&self.line);
         let members = if self.is_json {
-            object_members(&self.line).unwrap_or_default()
+            object_members(head).unwrap_or_default()
         } else {
             Vec::new()
         };
+        if let Some(e) = exception.filter(|_| self.is_json) {
+            if !members.iter().any(|(k, _)| k == "exception") {
+                out.extend_from_slice(b",\"exception\":");
+                serde_json::to_writer(&mut *out, e)?;
+            }
+        }
         for (k, v) in &members {
             if DOCUMENT_FIELDS.contains(&k.as_ref()) {
                 continue;
@@ -514,6 +541,11 @@ pub struct SinkInput {
     pub metrics: driver::SinkMetrics,
     /// With a disk buffer, events are written here instead of sent on `tx`.
     disk: Option<disk::DiskWriter>,
+    /// The sink is abandoned (shutdown deadline, reload): a disk write that keeps failing gives
+    /// up then, acknowledging nothing.
+    abandon: tokio_util::sync::CancellationToken,
+    /// Rate limit of the "cannot write the disk buffer" log line.
+    disk_errors: crate::telemetry::LogLimit,
     /// Tells the disk pump that no more events will be written once this input is dropped.
     _writer_gone: Option<tokio_util::sync::DropGuard>,
 }
@@ -534,11 +566,40 @@ impl SinkInput {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if let Err(e) = d.append(&events) {
-                // Not on disk: the events stay unacknowledged only if we keep them; we cannot,
-                // so they are counted as dropped and the error is logged loudly.
-                tracing::error!(sink = %self.name, error = %e, "cannot write the disk buffer");
-                self.metrics.drop_events("disk_error", n);
+            // A failed write is backpressure, whatever `when_full` says: the events are kept
+            // (unacknowledged, so a file source does not checkpoint past them) and written
+            // again until the disk takes them (space freed, data_dir writable again).
+            let mut delay = Duration::from_millis(50);
+            let mut failures = 0u64;
+            while let Err(e) = d.append(&events) {
+                failures += 1;
+                let kind = crate::telemetry::io_error_kind(&e);
+                crate::telemetry::state_metrics()
+                    .disk_errors
+                    .with_label_values(&["disk_buffer", kind])
+                    .inc();
+                self.metrics.error("disk_write");
+                if let Some(suppressed) = self.disk_errors.hit() {
+                    tracing::error!(sink = %self.name, error = %e, kind, suppressed, "cannot write the disk buffer; holding the events (backpressure) and retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.abandon.cancelled() => {
+                        // Never stored: withhold their acknowledgement, so they are read again.
+                        for ev in &events {
+                            if let Some(a) = &ev.ack {
+                                a.withhold();
+                            }
+                        }
+                        self.metrics.drop_events("disk_error", n);
+                        tracing::error!(sink = %self.name, events = n, "shutdown while the disk buffer cannot be written: events not stored and not acknowledged (a file source reads them again)");
+                        return true;
+                    }
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            if failures > 0 {
+                tracing::info!(sink = %self.name, failures, "disk buffer writable again");
             }
             // On disk (fsynced): the events' acknowledgements may fire now.
             return true;
@@ -595,7 +656,12 @@ pub fn start(
             let (writer, pump) = disk::open(dir, name, buffer.max_bytes)
                 .map_err(|e| format!("cannot open the disk buffer under {}: {e}", dir.display()))?;
             let gone = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(pump.run(tx.clone(), gone.clone(), abandon.clone()));
+            tokio::spawn(pump.run(
+                tx.clone(),
+                gone.clone(),
+                abandon.clone(),
+                metrics.clone(),
+            ));
             (Some(writer), Some(gone.drop_guard()))
         }
     };
@@ -659,6 +725,8 @@ pub fn start(
             when_full: buffer.when_full,
             metrics,
             disk,
+            abandon: abandon.clone(),
+            disk_errors: crate::telemetry::LogLimit::default(),
             _writer_gone: writer_gone,
         },
         task,

@@ -4,7 +4,9 @@
 //! [`FINGERPRINT_BYTES`]), so a reused inode is recognised as a new file, not resumed. The
 //! store is written as JSON to a temporary file, fsynced, then renamed over the old one: a crash
 //! leaves either the old or the new checkpoint, never a torn one. Positions recorded are those
-//! the pipeline acknowledged (processed), never merely read.
+//! the pipeline acknowledged (processed), never merely read. A store that cannot be parsed
+//! (garbage, empty, truncated by a failing disk) does not stop weir: it is moved aside to
+//! `*.json.corrupt`, counted, and the files are read as new ones, said in a warning.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -98,11 +100,6 @@ pub enum CheckpointError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("checkpoints {path} are corrupt ({source}); move the file away to start over")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
     #[error("cannot write checkpoints {path}: {source}")]
     Write {
         path: PathBuf,
@@ -110,19 +107,37 @@ pub enum CheckpointError {
     },
 }
 
+/// A checkpoint file that cannot be parsed (garbage, empty, truncated JSON) does not stop the
+/// source: it is moved aside to `<name>.corrupt` (kept for a look), counted in
+/// `weir_state_files_unreadable_total{file="checkpoint"}`, and every file is then read as a new
+/// one (from where `read_from` says), which a warning spells out.
+fn set_aside(path: &Path, empty: bool, error: &serde_json::Error) {
+    crate::telemetry::state_metrics()
+        .state_unreadable
+        .with_label_values(&["checkpoint"])
+        .inc();
+    let aside = path.with_extension("json.corrupt");
+    let moved = std::fs::rename(path, &aside);
+    let what = if empty { "empty" } else { "not valid JSON" };
+    match moved {
+        Ok(()) => tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %error, "checkpoint unreadable ({what}): no position is known, files are read as new ones (per read_from); the damaged file is kept beside it"),
+        Err(e) => tracing::warn!(path = %path.display(), error = %error, rename_error = %e, "checkpoint unreadable ({what}): no position is known, files are read as new ones (per read_from); it will be overwritten at the next save"),
+    }
+}
+
 impl Store {
-    /// Opens the store at `path` (`None`: positions are kept in memory only).
+    /// Opens the store at `path` (`None`: positions are kept in memory only). A corrupt file is
+    /// not an error: see [`set_aside`].
     pub fn open(path: Option<PathBuf>) -> Result<Store, CheckpointError> {
         let files = match &path {
             Some(p) => match std::fs::read(p) {
-                Ok(bytes) => {
-                    serde_json::from_slice::<StoreFile>(&bytes)
-                        .map_err(|source| CheckpointError::Corrupt {
-                            path: p.clone(),
-                            source,
-                        })?
-                        .files
-                }
+                Ok(bytes) => match serde_json::from_slice::<StoreFile>(&bytes) {
+                    Ok(store) => store.files,
+                    Err(source) => {
+                        set_aside(p, bytes.is_empty(), &source);
+                        BTreeMap::new()
+                    }
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
                 Err(source) => {
                     return Err(CheckpointError::Read {
@@ -192,6 +207,21 @@ impl Store {
         self.files.get(&key.id())
     }
 
+    /// Every file with a checkpoint, with the path it was last seen at.
+    pub fn entries(&self) -> Vec<(FileKey, PathBuf)> {
+        self.files
+            .iter()
+            .filter_map(|(id, e)| {
+                let (dev, ino) = id.split_once(':')?;
+                let key = FileKey {
+                    dev: dev.parse().ok()?,
+                    ino: ino.parse().ok()?,
+                };
+                Some((key, PathBuf::from(&e.path)))
+            })
+            .collect()
+    }
+
     /// Writes the store if it changed: temporary file, fsync, rename.
     pub fn save(&mut self) -> Result<bool, CheckpointError> {
         let Some(path) = &self.path else {
@@ -241,10 +271,40 @@ mod tests {
         std::fs::write(&log, b"other content\n").unwrap();
         let mut f = std::fs::File::open(&log).unwrap();
         assert_eq!(store.resume(key, &mut f).unwrap(), None);
-        std::fs::write(&store_path, b"{ not json").unwrap();
-        assert!(matches!(
-            Store::open(Some(store_path)),
-            Err(CheckpointError::Corrupt { .. })
-        ));
+    }
+
+    /// Garbage, an empty file and truncated JSON: the store opens empty (files read as new),
+    /// the damaged file is kept beside it and counted.
+    #[test]
+    fn a_corrupt_checkpoint_is_set_aside_and_the_store_opens_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store_path = dir.path().join("cp.json");
+        let log = dir.path().join("a.log");
+        std::fs::write(&log, b"line one\nline two\n").unwrap();
+        let mut f = std::fs::File::open(&log).unwrap();
+        let key = FileKey::of(&f.metadata().unwrap());
+        let mut store = Store::open(Some(store_path.clone())).unwrap();
+        store.record(key, &log, &mut f, 9).unwrap();
+        store.save().unwrap();
+        let good = std::fs::read(&store_path).unwrap();
+        let counter = crate::telemetry::state_metrics()
+            .state_unreadable
+            .with_label_values(&["checkpoint"]);
+        for damaged in [
+            b"\x00\xff garbage".to_vec(),
+            Vec::new(),
+            good[..good.len() / 2].to_vec(),
+        ] {
+            std::fs::write(&store_path, &damaged).unwrap();
+            let before = counter.get();
+            let store = Store::open(Some(store_path.clone())).expect("opens anyway");
+            assert_eq!(store.resume(key, &mut f).unwrap(), None);
+            assert_eq!(counter.get(), before + 1);
+            assert_eq!(
+                std::fs::read(dir.path().join("cp.json.corrupt")).unwrap(),
+                damaged
+            );
+            assert!(!store_path.exists(), "moved aside");
+        }
     }
 }

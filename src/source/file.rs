@@ -5,26 +5,48 @@
 //! - Files come from globs (`paths`, minus `exclude`), rescanned every `rescan_interval_ms` and
 //!   whenever notify reports a change in their directories (polling remains the fallback).
 //! - A file is known by device + inode (and a fingerprint of its first bytes in checkpoints).
-//!   Rename-and-create: the old file keeps being read through its open handle to its end, then is
-//!   closed; the new file at the path is read from its start. Copytruncate: a size below the read
+//!   Rename-and-create: the old file keeps being read through its open handle, beside the new
+//!   file at the path (read from its start), for as long as it still grows: it is closed once it
+//!   has been quiet (its size unchanged) for `rotate_wait_ms`, so lines a late writer adds (nginx
+//!   before its USR1, an app that reopens from `postrotate`) are read, and a write after that
+//!   quiet time is not. A renamed file whose new name the globs still select simply keeps being
+//!   followed under that name. Copytruncate: a size below the read
 //!   position, or first bytes that changed (truncated and refilled), restart the file at 0; both
 //!   are checked before every read. (A truncation that lands between that check and the read
 //!   itself cannot be told from an append; copytruncate also loses what is written between its
-//!   copy and its truncate. Prefer rename-and-create.) Deletion: the file is read to its end,
-//!   then forgotten.
+//!   copy and its truncate. Prefer rename-and-create.) Deletion: the file is read through its
+//!   open handle as a rotated one (a writer may still hold it), then closed and forgotten.
+//! - Whether a followed file moved is asked of the file itself (its path and its link count),
+//!   never inferred from a glob walk that came back short: an I/O error (EMFILE, EACCES) is
+//!   counted as `weir_file_events_total{event="error_<kind>"}`, logged at most once a minute per
+//!   kind, and never taken for a rotation. `rotated` counts renames of followed files, `deleted`
+//!   unlinks.
+//! - Short-lived files: notify's create and rename events open the file at once, on notify's own
+//!   thread, so a file created and renamed to a name the globs do not select (or deleted) before
+//!   the next scan is still read, from its start, as a rotated file. The boundary: a file created
+//!   and renamed twice (or deleted) before notify's thread gets to its event is found by no one;
+//!   without notify (inotify limits, unsupported filesystems) only rescans see files, and a file
+//!   that lives less than `rescan_interval_ms` under a selected name may be missed.
 //! - A partial last line waits for its newline up to `partial_line_timeout_ms`, then is emitted.
-//! - At most `max_open_files` files are read at once; others wait their turn.
+//! - At most `max_open_files` files are read at once, rotated files still held included (they
+//!   hold a descriptor each); others wait their turn (a rotated one frees its slot at most
+//!   `rotate_wait_ms` after it goes quiet).
 //!
 //! # Checkpoints
 //! With a `data_dir`, the position of each file is saved (atomic write + rename) every second and
 //! at shutdown. Only positions the processor has acknowledged are saved ([`Ack`]): after a
 //! restart, also after `kill -9`, no line is lost, and at most the lines processed after the
-//! last save (about one second's worth) are read again.
+//! last save (about one second's worth) are read again. A rotated file still held keeps its
+//! entry (by device + inode) under its new name, found in its directory when it is noticed: a
+//! restart during `rotate_wait_ms` finds it there (or in the same directory under a later name),
+//! checks its fingerprint and reads its tail. What the format cannot express: a file moved to
+//! another directory, or deleted, while weir was down; its tail is lost. The entry of a rotated
+//! file is forgotten when the file is closed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -34,9 +56,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{fingerprint, read_at, CheckpointError, FileKey, Store, FINGERPRINT_BYTES};
+use super::multiline::{Joiner, Multiline};
 use super::{AckQueue, FileConfig, Format, LineBatch, LineReader};
 use crate::parse::container::ContainerDecoder;
-use crate::telemetry::SelfMetrics;
+use crate::telemetry::{io_error_kind, LogLimit, SelfMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -95,17 +118,31 @@ pub fn expand(patterns: &[String], exclude: &[String]) -> Result<Vec<(PathBuf, u
     Ok(out)
 }
 
-/// Reads files in the order given, each to its end (oneshot). A progress bar, if given, shows
-/// bytes, lines/s and the ETA over all files.
+/// How [`read_to_end`] reads each file.
+pub struct ReadOnce {
+    pub format: Format,
+    /// Joins multi-line events, per file.
+    pub multiline: Option<Multiline>,
+    pub max_line_bytes: usize,
+    pub selfm: SelfMetrics,
+    /// Shows bytes, lines/s and the ETA over all files.
+    pub progress: Option<ProgressBar>,
+}
+
+/// Reads files in the order given, each to its end (oneshot).
 pub async fn read_to_end(
     paths: Vec<PathBuf>,
-    format: Format,
+    read: ReadOnce,
     out: mpsc::Sender<LineBatch>,
     shutdown: CancellationToken,
-    max_line_bytes: usize,
-    selfm: SelfMetrics,
-    progress: Option<ProgressBar>,
 ) -> Result<(), FileError> {
+    let ReadOnce {
+        format,
+        multiline,
+        max_line_bytes,
+        selfm,
+        progress,
+    } = read;
     let started = Instant::now();
     let mut lines = 0u64;
     for path in paths {
@@ -124,6 +161,7 @@ pub async fn read_to_end(
                 envelope_counter(&selfm),
             )
         });
+        let mut joiner = multiline.as_ref().map(|m| m.joiner(max_line_bytes, &selfm));
         loop {
             let batch = tokio::select! {
                 b = reader.next_batch() => b.map_err(err)?,
@@ -136,15 +174,21 @@ pub async fn read_to_end(
                 let secs = started.elapsed().as_secs_f64().max(1e-3);
                 pb.set_message(format!("{lines} lines, {:.0} lines/s", lines as f64 / secs));
             }
-            let batch = match &mut decoder {
-                Some(d) => d.decode_batch(batch),
-                None => batch,
-            };
+            let batch = super::stdin::stage(&mut decoder, &mut joiner, batch);
             if out.send(batch).await.is_err() {
                 return Ok(());
             }
         }
+        let mut tail: Vec<LineBatch> = Vec::new();
         if let Some(b) = decoder.as_mut().and_then(|d| d.flush_batch(&name)) {
+            tail.push(match &mut joiner {
+                Some(j) => j.join(b),
+                None => b,
+            });
+        }
+        // An event is never joined across files.
+        tail.extend(joiner.as_mut().and_then(|j| j.flush(&name)));
+        for b in tail {
             if out.send(b).await.is_err() {
                 return Ok(());
             }
@@ -158,6 +202,135 @@ pub async fn read_to_end(
 
 fn envelope_counter(selfm: &SelfMetrics) -> prometheus::IntCounter {
     selfm.parse_errors.with_label_values(&["invalid_envelope"])
+}
+
+/// Whether a path is one the source's globs select, as [`expand`] would find it: for paths
+/// notify reports, and for the new name of a renamed file.
+struct Matcher {
+    include: Vec<glob::Pattern>,
+    exclude: globset::GlobSet,
+}
+
+impl Matcher {
+    fn new(patterns: &[String], exclude: &[String]) -> Result<Matcher, FileError> {
+        let glob_err = |pattern: &str, message: String| FileError::Glob {
+            pattern: pattern.to_string(),
+            message,
+        };
+        let include = patterns
+            .iter()
+            .map(|p| glob::Pattern::new(p).map_err(|e| glob_err(p, e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let mut ex = globset::GlobSetBuilder::new();
+        for e in exclude {
+            ex.add(globset::Glob::new(e).map_err(|err| glob_err(e, err.to_string()))?);
+        }
+        let exclude = ex
+            .build()
+            .map_err(|err| glob_err(&exclude.join(","), err.to_string()))?;
+        Ok(Matcher { include, exclude })
+    }
+
+    /// The index of the first pattern that selects `path`, if one does and no exclude does.
+    fn pattern_of(&self, path: &Path) -> Option<usize> {
+        let opts = glob::MatchOptions {
+            require_literal_separator: true,
+            ..glob::MatchOptions::new()
+        };
+        // notify reports `./app.log` for a file that the pattern `app.log` names.
+        let stripped = path.strip_prefix(".").ok();
+        [Some(path), stripped].into_iter().flatten().find_map(|p| {
+            if self.exclude.is_match(p) {
+                return None;
+            }
+            self.include
+                .iter()
+                .position(|g| g.matches_path_with(p, opts))
+        })
+    }
+}
+
+/// Counts and logs (rate-limited, per kind) the I/O errors met while finding and opening files:
+/// each is reported as what it is, never taken for a rotation or a deletion.
+struct IoErrors {
+    counter: prometheus::IntCounterVec,
+    limits: Mutex<HashMap<&'static str, LogLimit>>,
+}
+
+impl IoErrors {
+    fn report(&self, op: &'static str, path: &Path, e: &std::io::Error) {
+        let kind = io_error_kind(e);
+        self.counter
+            .with_label_values(&[&format!("error_{kind}")])
+            .inc();
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(suppressed) = limits.entry(kind).or_default().hit() {
+            tracing::warn!(path = %path.display(), error = %e, kind, op, suppressed, "file I/O error");
+        }
+    }
+}
+
+/// A file opened the moment notify reported it, at `path` (a name the globs select): by the
+/// time the tailer takes it, that name may already be another file's, or nobody's.
+struct Opened {
+    path: PathBuf,
+    pattern: usize,
+    file: std::fs::File,
+}
+
+/// Files opened on notify events, waiting for the tailer. Bounded: past it an event only asks
+/// for a rescan.
+const OPENED_QUEUE: usize = 64;
+
+/// Directory entries examined at most when looking for a renamed file's new name.
+const MAX_DIR_ENTRIES: usize = 100_000;
+
+/// What a tailing run shares between its steps and with notify's thread.
+struct Ctx {
+    matcher: Arc<Matcher>,
+    io: Arc<IoErrors>,
+}
+
+/// How many names a file has; 0 once it was deleted (while a handle still holds it).
+#[cfg(unix)]
+fn links(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.nlink()
+}
+
+#[cfg(not(unix))]
+fn links(_meta: &std::fs::Metadata) -> u64 {
+    1
+}
+
+/// The directory a path lives in, as `read_dir` and `join` want it.
+fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// Looks for the file `key` among the entries of `dir` (at most [`MAX_DIR_ENTRIES`]): where a
+/// renamed file went, when logrotate kept it beside its old name.
+fn find_in_dir(dir: &Path, key: FileKey) -> std::io::Result<Option<PathBuf>> {
+    for entry in std::fs::read_dir(dir)?.take(MAX_DIR_ENTRIES) {
+        let Ok(entry) = entry else { continue };
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirEntryExt;
+            if entry.ino() != key.ino {
+                continue;
+            }
+        }
+        let path = entry.path();
+        if let Ok(meta) = std::fs::symlink_metadata(&path) {
+            if meta.is_file() && FileKey::of(&meta) == key {
+                return Ok(Some(path));
+            }
+        }
+    }
+    Ok(None)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,15 +353,23 @@ struct Tailed {
     state: State,
     partial_since: Option<Instant>,
     decoder: Option<ContainerDecoder>,
+    /// Joins multi-line events (`multiline`), after `decoder`.
+    joiner: Option<Joiner>,
     /// The head of the file changed (truncated and refilled): read it again from the start.
     restart: bool,
     /// Fingerprint of the file's first bytes as read so far: (length, CRC32).
     head: (u64, u32),
+    /// The file's size when last looked at, and since when it has been that size (or since it
+    /// was rotated, if later): a rotated file is closed after `rotate_wait_ms` of this.
+    seen_len: u64,
+    grew: Instant,
 }
 
 /// The options of a tailing file source.
 pub struct Tail {
     pub cfg: FileConfig,
+    /// `cfg.multiline`, compiled.
+    pub multiline: Option<Multiline>,
     pub data_dir: Option<PathBuf>,
     pub max_line_bytes: usize,
     pub selfm: SelfMetrics,
@@ -215,9 +396,26 @@ impl Tail {
             })?;
         }
         let mut store = Store::open(self.checkpoint_path())?;
+        let ctx = Ctx {
+            matcher: Arc::new(Matcher::new(&self.cfg.paths, &self.cfg.exclude)?),
+            io: Arc::new(IoErrors {
+                counter: self.selfm.file_events_total.clone(),
+                limits: Mutex::default(),
+            }),
+        };
         let wake = Arc::new(Notify::new());
         let wake_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let _watcher = watch_dirs(&self.cfg.paths, wake.clone(), wake_flag.clone());
+        let (opened_tx, mut opened) = mpsc::channel::<Opened>(OPENED_QUEUE);
+        let _watcher = watch_dirs(
+            &self.cfg.paths,
+            Watch {
+                matcher: ctx.matcher.clone(),
+                io: ctx.io.clone(),
+                opened: opened_tx,
+                wake: wake.clone(),
+                rescan: wake_flag.clone(),
+            },
+        );
         let poll = Duration::from_millis(self.cfg.poll_interval_ms.max(10));
         let rescan = Duration::from_millis(self.cfg.rescan_interval_ms.max(10));
         let partial_timeout = Duration::from_millis(self.cfg.partial_line_timeout_ms);
@@ -229,9 +427,18 @@ impl Tail {
             if shutdown.is_cancelled() {
                 break;
             }
+            // Files notify saw appear, already open: taken before the scan, which might no
+            // longer find them under a selected name.
+            while let Ok(o) = opened.try_recv() {
+                self.adopt(o, &mut files, &mut order, &store, &ctx);
+            }
             let notified = wake_flag.swap(false, Ordering::AcqRel);
             if notified || last_scan.is_none_or(|t| t.elapsed() >= rescan) {
-                self.scan(&mut files, &mut order, &mut store, last_scan.is_none())?;
+                let startup = last_scan.is_none();
+                self.scan(&mut files, &mut order, &mut store, startup, &ctx)?;
+                if startup {
+                    self.resume_rotated(&mut files, &mut order, &store, &ctx, &shutdown);
+                }
                 last_scan = Some(Instant::now());
             }
             let mut progressed = false;
@@ -254,13 +461,15 @@ impl Tail {
             for key in closed {
                 if let Some(t) = files.remove(&key) {
                     self.selfm.files_open.dec();
-                    let deleted = t.state == State::Gone { deleted: true };
+                    let gone = matches!(t.state, State::Gone { .. });
                     let mut handle = t.handle;
                     record(&mut store, key, &mut handle, &t.path, &t.acks);
-                    if deleted {
+                    if gone {
+                        // Rotated away or deleted, read to its end and quiet since: no scan
+                        // selects it again, so its entry would only grow the store.
                         store.forget(key);
                     }
-                    tracing::info!(path = %t.path.display(), deleted, "finished file");
+                    tracing::info!(path = %t.path.display(), rotated = gone, "finished file");
                 }
                 order.retain(|k| *k != key);
             }
@@ -320,31 +529,35 @@ impl Tail {
         order: &mut Vec<FileKey>,
         store: &mut Store,
         startup: bool,
+        ctx: &Ctx,
     ) -> Result<(), FileError> {
         let found = expand(&self.cfg.paths, &self.cfg.exclude)?;
         let mut seen: HashMap<FileKey, (PathBuf, usize)> = HashMap::new();
         for (path, pattern) in found {
-            if let Ok(meta) = std::fs::metadata(&path) {
-                seen.entry(FileKey::of(&meta)).or_insert((path, pattern));
+            match std::fs::metadata(&path) {
+                Ok(meta) => {
+                    seen.entry(FileKey::of(&meta)).or_insert((path, pattern));
+                }
+                // Gone since the walk: a rotation the next look at the file itself will see.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => ctx.io.report("stat", &path, &e),
             }
         }
         for (key, t) in files.iter_mut() {
             match seen.get(key) {
-                Some((path, _)) if *path != t.path => {
-                    tracing::info!(from = %t.path.display(), to = %path.display(), "file renamed");
-                    t.path = path.clone();
+                Some((path, _)) => {
+                    if *path != t.path {
+                        self.count_event("rotated");
+                        tracing::info!(from = %t.path.display(), to = %path.display(), "file renamed; still followed");
+                        t.path = path.clone();
+                    }
+                    if t.state != State::Live {
+                        // Renamed back under a selected name (or missed by one walk).
+                        tracing::info!(path = %t.path.display(), "rotated file selected again; following it");
+                        t.state = State::Live;
+                    }
                 }
-                Some(_) => {}
-                None if t.state == State::Live => {
-                    let deleted = !t.path.exists();
-                    t.state = State::Gone { deleted };
-                    let event = if deleted { "deleted" } else { "rotated" };
-                    self.selfm
-                        .file_events_total
-                        .with_label_values(&[event])
-                        .inc();
-                    tracing::info!(path = %t.path.display(), event, "reading the old file to its end");
-                }
+                None if t.state == State::Live => self.locate(t, ctx),
                 None => {}
             }
         }
@@ -356,7 +569,9 @@ impl Tail {
                 tracing::debug!(path = %path.display(), "max_open_files reached; the file waits");
                 continue;
             }
-            match self.open(&path, pattern, store, startup) {
+            let opened = std::fs::File::open(&path)
+                .and_then(|handle| self.open(handle, &path, pattern, store, startup));
+            match opened {
                 // The key of the file actually opened: the path may have been rotated between
                 // the scan and the open.
                 Ok((key, t)) if !files.contains_key(&key) => {
@@ -365,37 +580,165 @@ impl Tail {
                     order.push(key);
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot open file"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => ctx.io.report("open", &path, &e),
             }
         }
         Ok(())
     }
 
+    fn count_event(&self, event: &str) {
+        self.selfm
+            .file_events_total
+            .with_label_values(&[event])
+            .inc();
+    }
+
+    /// A followed file the globs no longer list: asks the file itself where it is. Still at
+    /// its path: nothing happened (the walk came back short). Its path names another file, or
+    /// none: renamed (`rotated`, its new name looked for beside the old one) or unlinked
+    /// (`deleted`). Either way it stays open for `rotate_wait_ms` of quiet. An error looking is
+    /// reported as such and changes nothing.
+    fn locate(&self, t: &mut Tailed, ctx: &Ctx) {
+        match std::fs::metadata(&t.path) {
+            Ok(m) if FileKey::of(&m) == t.key => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return ctx.io.report("stat", &t.path, &e),
+        }
+        let meta = match t.handle.metadata() {
+            Ok(m) => m,
+            Err(e) => return ctx.io.report("stat", &t.path, &e),
+        };
+        t.grew = Instant::now();
+        if links(&meta) == 0 {
+            t.state = State::Gone { deleted: true };
+            self.count_event("deleted");
+            tracing::info!(path = %t.path.display(), "file deleted; reading it until it is quiet");
+            return;
+        }
+        self.count_event("rotated");
+        match find_in_dir(dir_of(&t.path), t.key) {
+            Ok(Some(to)) => {
+                tracing::info!(from = %t.path.display(), to = %to.display(), "file rotated; reading it until it is quiet");
+                t.path = to;
+                if ctx.matcher.pattern_of(&t.path).is_some() {
+                    // Renamed to a name the globs select: simply followed under it.
+                    return;
+                }
+            }
+            Ok(None) => {
+                tracing::info!(path = %t.path.display(), "file moved out of its directory; reading it until it is quiet");
+            }
+            Err(e) => ctx.io.report("read_dir", dir_of(&t.path), &e),
+        }
+        t.state = State::Gone { deleted: false };
+    }
+
+    /// Takes a file notify saw appear (already open), unless it is followed already.
+    fn adopt(
+        &self,
+        o: Opened,
+        files: &mut HashMap<FileKey, Tailed>,
+        order: &mut Vec<FileKey>,
+        store: &Store,
+        ctx: &Ctx,
+    ) {
+        let key = match o.file.metadata() {
+            Ok(m) => FileKey::of(&m),
+            Err(e) => return ctx.io.report("stat", &o.path, &e),
+        };
+        if files.contains_key(&key) {
+            return;
+        }
+        if files.len() >= self.cfg.max_open_files {
+            tracing::debug!(path = %o.path.display(), "max_open_files reached; the file waits for a rescan");
+            return;
+        }
+        match self.open(o.file, &o.path, o.pattern, store, false) {
+            Ok((key, mut t)) => {
+                // Perhaps already renamed away or deleted: then read as a rotated file.
+                self.locate(&mut t, ctx);
+                self.selfm.files_open.inc();
+                files.insert(key, t);
+                order.push(key);
+            }
+            Err(e) => ctx.io.report("open", &o.path, &e),
+        }
+    }
+
+    /// At startup: files with a checkpoint that the globs did not find, such as a rotated file
+    /// still held when weir stopped. Looked for under the name recorded, then in that
+    /// directory by inode (logrotate may have renamed it again); resumed only if its
+    /// fingerprint matches, and read as a rotated file.
+    fn resume_rotated(
+        &self,
+        files: &mut HashMap<FileKey, Tailed>,
+        order: &mut Vec<FileKey>,
+        store: &Store,
+        ctx: &Ctx,
+        shutdown: &CancellationToken,
+    ) {
+        for (key, path) in store.entries() {
+            if shutdown.is_cancelled() || files.len() >= self.cfg.max_open_files {
+                return;
+            }
+            if files.contains_key(&key) {
+                continue;
+            }
+            let at = match std::fs::metadata(&path) {
+                Ok(m) if FileKey::of(&m) == key => Some(path.clone()),
+                _ => find_in_dir(dir_of(&path), key).ok().flatten(),
+            };
+            let Some(at) = at else { continue };
+            let mut handle = match std::fs::File::open(&at) {
+                Ok(h) => h,
+                Err(e) => {
+                    ctx.io.report("open", &at, &e);
+                    continue;
+                }
+            };
+            let same = handle.metadata().is_ok_and(|m| FileKey::of(&m) == key);
+            // Never read a stranger from 0: only a file its checkpoint recognises.
+            if !same || !matches!(store.resume(key, &mut handle), Ok(Some(_))) {
+                continue;
+            }
+            let pattern = ctx.matcher.pattern_of(&at);
+            match self.open(handle, &at, pattern.unwrap_or(0), store, false) {
+                Ok((key, mut t)) => {
+                    if pattern.is_none() {
+                        t.state = State::Gone { deleted: false };
+                    }
+                    tracing::info!(path = %at.display(), "resuming a rotated file");
+                    self.selfm.files_open.inc();
+                    files.insert(key, t);
+                    order.push(key);
+                }
+                Err(e) => ctx.io.report("open", &at, &e),
+            }
+        }
+    }
+
+    /// Starts following `handle`, the file at `path`, from its checkpoint if it has one.
     fn open(
         &self,
+        mut handle: std::fs::File,
         path: &Path,
         pattern: usize,
         store: &Store,
         startup: bool,
     ) -> std::io::Result<(FileKey, Tailed)> {
-        let mut handle = std::fs::File::open(path)?;
         let meta = handle.metadata()?;
         let (key, len) = (FileKey::of(&meta), meta.len());
         let offset = match store.resume(key, &mut handle)? {
             Some(o) => {
-                self.selfm
-                    .file_events_total
-                    .with_label_values(&["resumed"])
-                    .inc();
+                self.count_event("resumed");
                 o
             }
             None if startup && self.cfg.read_from == ReadFrom::End => len,
             None => 0,
         };
-        self.selfm
-            .file_events_total
-            .with_label_values(&["discovered"])
-            .inc();
+        self.count_event("discovered");
         tracing::info!(path = %path.display(), offset, "following file");
         let mut std_file = handle.try_clone()?;
         use std::io::Seek;
@@ -427,8 +770,14 @@ impl Tail {
                 state: State::Live,
                 partial_since: None,
                 decoder,
+                joiner: self
+                    .multiline
+                    .as_ref()
+                    .map(|m| m.joiner(self.max_line_bytes, &self.selfm)),
                 restart: false,
                 head: (0, 0),
+                seen_len: offset,
+                grew: Instant::now(),
             },
         ))
     }
@@ -526,14 +875,24 @@ impl Tail {
             id[16..].copy_from_slice(&t.head.1.to_le_bytes());
             batch.origin = Some((xxhash_rust::xxh3::xxh3_64(&id), base));
         }
-        let joining = t
-            .decoder
-            .as_ref()
-            .is_some_and(ContainerDecoder::has_pending);
-        if !joining {
-            batch.ack = Some(t.acks.ack_for(t.reader.position()));
+        if let Some(j) = &mut t.joiner {
+            batch = j.join(batch);
+        }
+        if let Some(at) = ack_position(t) {
+            batch.ack = Some(t.acks.ack_for(at));
         }
         out.send(batch).await.is_ok()
+    }
+
+    /// Emits the multi-line event still held (timeout, rotation, truncation), acknowledged.
+    async fn flush_joiner(&self, t: &mut Tailed, out: &mpsc::Sender<LineBatch>) -> bool {
+        let Some(mut b) = t.joiner.as_mut().and_then(|j| j.flush(&t.source)) else {
+            return true;
+        };
+        if let Some(at) = ack_position(t) {
+            b.ack = Some(t.acks.ack_for(at));
+        }
+        out.send(b).await.is_ok()
     }
 
     async fn at_eof(
@@ -544,6 +903,14 @@ impl Tail {
         read_before: bool,
     ) -> std::io::Result<Progress> {
         let len = t.handle.metadata()?.len();
+        if len != t.seen_len {
+            t.seen_len = len;
+            t.grew = Instant::now();
+        }
+        // A rotated file is done once it has been quiet for rotate_wait: a late writer may
+        // still complete its partial line or add lines until then.
+        let closing = matches!(t.state, State::Gone { .. })
+            && t.grew.elapsed() >= Duration::from_millis(self.cfg.rotate_wait_ms);
         let pos = t.reader.position() + t.reader.pending() as u64;
         if len < pos || t.restart {
             // Copytruncate: the file was emptied under us. Whatever partial line was pending
@@ -552,6 +919,9 @@ impl Tail {
                 if !self.send(t, b, out).await {
                     return Ok(Progress::Stopped);
                 }
+            }
+            if !self.flush_joiner(t, out).await {
+                return Ok(Progress::Stopped);
             }
             self.selfm
                 .file_events_total
@@ -573,15 +943,20 @@ impl Tail {
                 .is_some_and(ContainerDecoder::has_pending)
         {
             let since = *t.partial_since.get_or_insert_with(Instant::now);
-            let done = matches!(t.state, State::Gone { .. });
-            if done || since.elapsed() >= partial_timeout {
+            if closing || since.elapsed() >= partial_timeout {
                 if let Some(b) = t.reader.take_partial() {
                     if !self.send(t, b, out).await {
                         return Ok(Progress::Stopped);
                     }
                 }
-                if let Some(mut b) = t.decoder.as_mut().and_then(|d| d.flush_batch(&t.source)) {
-                    b.ack = Some(t.acks.ack_for(t.reader.position()));
+                if let Some(b) = t.decoder.as_mut().and_then(|d| d.flush_batch(&t.source)) {
+                    let mut b = match &mut t.joiner {
+                        Some(j) => j.join(b),
+                        None => b,
+                    };
+                    if let Some(at) = ack_position(t) {
+                        b.ack = Some(t.acks.ack_for(at));
+                    }
                     if out.send(b).await.is_err() {
                         return Ok(Progress::Stopped);
                     }
@@ -589,7 +964,16 @@ impl Tail {
                 t.partial_since = None;
             }
         }
-        if matches!(t.state, State::Gone { .. }) && t.reader.pending() == 0 {
+        // A held multi-line event: complete after `timeout_ms` without a line, or when the
+        // file is done.
+        if t.joiner
+            .as_ref()
+            .is_some_and(|j| j.has_pending() && (closing || j.is_due()))
+            && !self.flush_joiner(t, out).await
+        {
+            return Ok(Progress::Stopped);
+        }
+        if closing && t.reader.pending() == 0 {
             return Ok(Progress::Ended);
         }
         Ok(if read_before {
@@ -597,6 +981,23 @@ impl Tail {
         } else {
             Progress::Idle
         })
+    }
+}
+
+/// Where a batch just sent may be acknowledged: the reader's position, or where the
+/// multi-line event still held starts. `None` while a container line is being joined, or an
+/// event is held whose file offset is unknown (decoded container lines): a restart must read
+/// those lines again.
+fn ack_position(t: &Tailed) -> Option<u64> {
+    if t.decoder
+        .as_ref()
+        .is_some_and(ContainerDecoder::has_pending)
+    {
+        return None;
+    }
+    match &t.joiner {
+        Some(j) if j.has_pending() => j.held_offset(),
+        _ => Some(t.reader.position()),
     }
 }
 
@@ -620,25 +1021,88 @@ fn record(
     }
 }
 
-/// Watches the directories the patterns live in; any event wakes the tailer early, and events
-/// other than writes make it rescan the globs at once.
-fn watch_dirs(
-    patterns: &[String],
+/// What the notify callback needs: where to send files it opens, and how to wake the tailer.
+struct Watch {
+    matcher: Arc<Matcher>,
+    io: Arc<IoErrors>,
+    opened: mpsc::Sender<Opened>,
     wake: Arc<Notify>,
     rescan: Arc<std::sync::atomic::AtomicBool>,
-) -> Option<notify::RecommendedWatcher> {
+}
+
+impl Watch {
+    /// Handles one notify event, on notify's thread. A file created under (or moved to) a
+    /// selected name, or moved from a selected name to another, is opened here and now: the
+    /// open handle keeps the inode readable whatever happens to its name before the tailer
+    /// takes it.
+    fn on_event(&self, res: notify::Result<notify::Event>) {
+        use notify::event::{ModifyKind, RenameMode};
+        use notify::EventKind;
+        let ev = match res {
+            Ok(ev) => ev,
+            Err(e) => {
+                // E.g. the kernel's event queue overflowed: only a walk can tell what changed.
+                tracing::debug!(error = %e, "file notification error; rescanning");
+                self.rescan.store(true, Ordering::Release);
+                self.wake.notify_one();
+                return;
+            }
+        };
+        // Creations, renames and removals call for a rescan; writes only for a read.
+        if !matches!(ev.kind, EventKind::Modify(ModifyKind::Data(_))) {
+            self.rescan.store(true, Ordering::Release);
+        }
+        match ev.kind {
+            EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                for p in &ev.paths {
+                    if let Some(pattern) = self.matcher.pattern_of(p) {
+                        self.open(p, p, pattern);
+                    }
+                }
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                if let [from, to] = &ev.paths[..] {
+                    let selected = self.matcher.pattern_of(from);
+                    if let (Some(pattern), None) = (selected, self.matcher.pattern_of(to)) {
+                        self.open(to, from, pattern);
+                    }
+                }
+            }
+            _ => {}
+        }
+        self.wake.notify_one();
+    }
+
+    /// Opens `path` (the file seen at the selected name `seen_at`) for the tailer.
+    fn open(&self, path: &Path, seen_at: &Path, pattern: usize) {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            // Renamed or deleted again already; a later event (or a walk) may still find it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => return self.io.report("open", path, &e),
+        };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return;
+        }
+        let opened = Opened {
+            path: seen_at.to_path_buf(),
+            pattern,
+            file,
+        };
+        if self.opened.try_send(opened).is_err() {
+            // The tailer is behind (or stopping): a rescan finds what still has a selected name.
+            tracing::debug!(path = %path.display(), "opened-file queue full; left to the rescan");
+        }
+    }
+}
+
+/// Watches the directories the patterns live in; any event wakes the tailer early, events
+/// other than writes make it rescan the globs at once, and files that appear are opened at once
+/// (see [`Watch::on_event`]).
+fn watch_dirs(patterns: &[String], watch: Watch) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        // Creations, renames and removals call for a rescan; writes only for a read.
-        if let Ok(ev) = res {
-            if !matches!(
-                ev.kind,
-                notify::EventKind::Modify(notify::event::ModifyKind::Data(_))
-            ) {
-                rescan.store(true, Ordering::Release);
-            }
-        }
-        wake.notify_one();
+        watch.on_event(res)
     })
     .map_err(|e| tracing::warn!(error = %e, "file notifications unavailable; polling only"))
     .ok()?;

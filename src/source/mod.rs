@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod file;
+pub mod multiline;
 pub mod stdin;
 pub mod tcp;
 
@@ -53,6 +54,13 @@ pub struct StdinConfig {
     /// Framing of the lines. Default: json.
     #[serde(default)]
     pub format: Format,
+    /// Join multi-line events (tracebacks, stack traces): see [`multiline`]. Default: none.
+    #[serde(default)]
+    pub multiline: Option<multiline::MultilineConfig>,
+    /// How this source's lines are read (`{ format = "logfmt" }`), instead of the pipeline's
+    /// `[parser]`; same keys. Default: the pipeline's.
+    #[serde(default)]
+    pub parser: Option<crate::parse::text::ParserConfig>,
 }
 
 /// `type = "file"`
@@ -84,6 +92,18 @@ pub struct FileConfig {
     /// Default: 250.
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
+    /// A file renamed away or deleted (rotated) is kept open and read while it still grows (a
+    /// writer that has not reopened its log yet), and closed once it has been quiet this long;
+    /// 0 closes it as soon as it is read to its end. Default: 5000.
+    #[serde(default = "default_rotate_wait_ms")]
+    pub rotate_wait_ms: u64,
+    /// Join multi-line events (tracebacks, stack traces): see [`multiline`]. Default: none.
+    #[serde(default)]
+    pub multiline: Option<multiline::MultilineConfig>,
+    /// How this source's lines are read (`{ format = "logfmt" }`), instead of the pipeline's
+    /// `[parser]`; same keys. Default: the pipeline's.
+    #[serde(default)]
+    pub parser: Option<crate::parse::text::ParserConfig>,
 }
 
 impl FileConfig {
@@ -98,6 +118,9 @@ impl FileConfig {
             partial_line_timeout_ms: default_partial_line_timeout_ms(),
             rescan_interval_ms: default_rescan_interval_ms(),
             poll_interval_ms: default_poll_interval_ms(),
+            rotate_wait_ms: default_rotate_wait_ms(),
+            multiline: None,
+            parser: None,
         }
     }
 }
@@ -113,6 +136,9 @@ const fn default_rescan_interval_ms() -> u64 {
 }
 const fn default_poll_interval_ms() -> u64 {
     250
+}
+const fn default_rotate_wait_ms() -> u64 {
+    5000
 }
 
 /// `type = "tcp"`
@@ -135,11 +161,31 @@ pub struct TcpConfig {
     /// Framing of the lines. Default: json.
     #[serde(default)]
     pub format: Format,
+    /// Join multi-line events (tracebacks, stack traces), per connection: see [`multiline`].
+    /// Default: none.
+    #[serde(default)]
+    pub multiline: Option<multiline::MultilineConfig>,
+    /// How this source's lines are read (`{ format = "logfmt" }`), instead of the pipeline's
+    /// `[parser]`; same keys. Default: the pipeline's.
+    #[serde(default)]
+    pub parser: Option<crate::parse::text::ParserConfig>,
 }
 
 impl SourceConfig {
+    /// The source's `multiline` setting.
+    pub fn multiline(&self) -> Option<&multiline::MultilineConfig> {
+        match self {
+            SourceConfig::Stdin(s) => s.multiline.as_ref(),
+            SourceConfig::File(f) => f.multiline.as_ref(),
+            SourceConfig::Tcp(t) => t.multiline.as_ref(),
+        }
+    }
+
     /// What serde cannot check. The message names the field; the caller places it.
     pub fn check(&self) -> Result<(), String> {
+        if let Some(m) = self.multiline() {
+            m.compile()?;
+        }
         match self {
             SourceConfig::Stdin(_) => Ok(()),
             SourceConfig::File(f) => {
@@ -181,6 +227,8 @@ impl Default for TcpConfig {
             idle_timeout_secs: default_idle_timeout_secs(),
             max_line_bytes: None,
             format: Format::Json,
+            multiline: None,
+            parser: None,
         }
     }
 }

@@ -50,12 +50,15 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::multiline::{Joiner, Multiline, MultilineConfig, Quiet};
 use super::{Format, LineBatch, LineReader, TcpConfig};
 use crate::parse::container::ContainerDecoder;
 use crate::telemetry::SelfMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TcpError {
+    #[error("tcp source on {address}: {message}")]
+    Multiline { address: String, message: String },
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: String,
@@ -120,6 +123,9 @@ struct Shared {
     /// Indexed by `Disconnect as usize`.
     disconnects: [IntCounter; Disconnect::ALL.len()],
     invalid_envelope: IntCounter,
+    /// Joins multi-line events, per connection.
+    multiline: Option<Multiline>,
+    selfm: SelfMetrics,
 }
 
 /// Accepts clients on `cfg.address` until `shutdown`; each client's lines are sent to `out`.
@@ -155,6 +161,15 @@ async fn serve(
             source,
         })?;
     let max_line = cfg.max_line_bytes.unwrap_or(max_line_bytes);
+    let multiline = cfg
+        .multiline
+        .as_ref()
+        .map(MultilineConfig::compile)
+        .transpose()
+        .map_err(|message| TcpError::Multiline {
+            address: cfg.address.clone(),
+            message,
+        })?;
     tracing::info!(
         addr = %local,
         max_connections = cfg.max_connections,
@@ -175,6 +190,8 @@ async fn serve(
         disconnects: Disconnect::ALL
             .map(|d| selfm.tcp_disconnects_total.with_label_values(&[d.reason()])),
         invalid_envelope: selfm.parse_errors.with_label_values(&["invalid_envelope"]),
+        multiline,
+        selfm: selfm.clone(),
     });
     let accepted = selfm.tcp_connections_total.with_label_values(&["accepted"]);
     let refused = selfm.tcp_connections_total.with_label_values(&["refused"]);
@@ -267,7 +284,14 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, op
 async fn read_client(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Disconnect {
     let ended = OnceLock::new();
     let guarded = Guarded::new(stream, shared.max_line, shared.idle, &ended);
-    let mut reader = LineReader::new(guarded, shared.source.clone(), shared.max_line);
+    // Following, so that a read ended at the joiner's deadline is not taken for the end; the
+    // last partial line is taken at the end instead.
+    let guarded = Quiet::new(guarded);
+    let mut reader = LineReader::following(guarded, shared.source.clone(), shared.max_line, 0);
+    let mut joiner = shared
+        .multiline
+        .as_ref()
+        .map(|m| m.joiner(shared.max_line, &shared.selfm));
     let mut decoder = (shared.format != Format::Json).then(|| {
         ContainerDecoder::new(
             shared.format,
@@ -277,15 +301,33 @@ async fn read_client(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Di
         )
     });
     let reason = loop {
+        reader
+            .get_mut()
+            .set_deadline(joiner.as_ref().and_then(Joiner::deadline));
         let next = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => break Disconnect::Shutdown,
             next = reader.next_batch() => next,
         };
-        let raw = match next {
-            Ok(Some(raw)) => raw,
+        let (raw, end) = match next {
+            Ok(Some(raw)) => (raw, None),
+            Ok(None) if reader.get_mut().take_tick() => {
+                // Silent past the held event's timeout: it is complete.
+                if let Some(b) = joiner.as_mut().and_then(|j| j.flush(&shared.source)) {
+                    if shared.out.send(b).await.is_err() {
+                        break Disconnect::Shutdown;
+                    }
+                }
+                continue;
+            }
             // A stop forced by the guard looks like EOF to the reader; the guard says which.
-            Ok(None) => break ended.get().copied().unwrap_or(Disconnect::Eof),
+            Ok(None) => {
+                let why = ended.get().copied().unwrap_or(Disconnect::Eof);
+                match reader.take_partial() {
+                    Some(raw) => (raw, Some(why)),
+                    None => break why,
+                }
+            }
             Err(e) => {
                 tracing::debug!(peer = %peer, error = %e, "tcp read failed");
                 break Disconnect::Error;
@@ -293,14 +335,14 @@ async fn read_client(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Di
         };
         // A cut line means this client goes, once what it sent up to the cut is delivered.
         let cut = raw.lines.iter().any(|l| l.truncated);
-        let batch = match &mut decoder {
-            None => raw,
-            Some(d) => d.decode_batch(raw),
-        };
+        let batch = super::stdin::stage(&mut decoder, &mut joiner, raw);
         if (!batch.lines.is_empty() || batch.bytes_read > 0)
             && shared.out.send(batch).await.is_err()
         {
             break Disconnect::Shutdown;
+        }
+        if let Some(why) = end.filter(|_| !cut) {
+            break why;
         }
         if cut {
             tracing::debug!(
@@ -313,7 +355,16 @@ async fn read_client(shared: &Shared, stream: TcpStream, peer: SocketAddr) -> Di
     };
     // Close the socket before the last send, which may wait on the pipeline.
     drop(reader);
+    let mut tail: Vec<LineBatch> = Vec::new();
     if let Some(b) = decoder.as_mut().and_then(|d| d.flush_batch(&shared.source)) {
+        tail.push(match &mut joiner {
+            Some(j) => j.join(b),
+            None => b,
+        });
+    }
+    // The held event's lines were complete: they are delivered, also at shutdown.
+    tail.extend(joiner.as_mut().and_then(|j| j.flush(&shared.source)));
+    for b in tail {
         // A failed send means the pipeline is gone; nothing else can be done with it.
         let _ = shared.out.send(b).await;
     }

@@ -761,7 +761,7 @@ url = "{url}/hook"
     let config_arg = config.display().to_string();
     let mut w = crate::util::spawn_weir(&["--config", config_arg.as_str()]);
     std::fs::write(&config, pipeline(new.url())).unwrap();
-    let (status, body) = crate::util::post(&w.addr, "/-/reload");
+    let (status, body) = crate::util::post(&w.admin, "/-/reload");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("notifiers replaced"), "{body}");
     {

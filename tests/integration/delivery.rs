@@ -264,7 +264,7 @@ fn a_reload_hands_a_disk_buffer_to_the_changed_sink() {
     assert!(down.entries().is_empty());
 
     std::fs::write(&config, pipeline(&up.url())).expect("write");
-    let (status, body) = post(&w.addr, "/-/reload");
+    let (status, body) = post(&w.admin, "/-/reload");
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("sinks: 1 started (loki), 1 stopped (loki)"),

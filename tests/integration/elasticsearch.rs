@@ -146,6 +146,7 @@ fn spawn_weir_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
             return Running {
                 child,
                 addr,
+                admin: admin_of(&v),
                 _stderr_lines: rx,
             };
         }

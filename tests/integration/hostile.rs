@@ -236,6 +236,18 @@ fn metrics_addr(stderr: &Path, child: &mut Child) -> String {
     addr.expect("found")
 }
 
+/// The admin address in the "serving /metrics" line of a weir's stderr log (after
+/// [`metrics_addr`] found it).
+fn admin_addr(stderr: &Path) -> String {
+    let text = std::fs::read_to_string(stderr).unwrap_or_default();
+    text.lines()
+        .find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            (v["fields"]["message"] == "serving /metrics").then(|| crate::util::admin_of(&v))
+        })
+        .expect("weir logged its addresses")
+}
+
 /// Issue 13 §4: a run configured with known secrets (an Elasticsearch password, a Loki bearer
 /// token, a PagerDuty key and a Slack webhook from the environment, passwords inline in the
 /// Loki and Alertmanager URLs) at `WEIR_LOG=trace`, with sinks that reject (dead letters) and
@@ -337,6 +349,7 @@ url = "{am_url}"
     with_secret_env(&mut run, dead_port);
     let mut child = run.spawn().expect("spawn weir");
     let addr = metrics_addr(&stderr_path, &mut child);
+    let admin = admin_addr(&stderr_path);
     let mut stdin = child.stdin.take().expect("stdin piped");
     let mut lines = String::new();
     for i in 0..20 {
@@ -366,14 +379,15 @@ url = "{am_url}"
     });
     let mut answers = Vec::new();
     for path in ["/stats", "/alerts", "/metrics", "/health", "/ready"] {
-        let (status, body) = get(&addr, path);
+        let at = if path == "/stats" { &admin } else { &addr };
+        let (status, body) = get(at, path);
         answers.push((path, status, body));
     }
-    let (_, reload) = post(&addr, "/-/reload");
+    let (_, reload) = post(&admin, "/-/reload");
     answers.push(("/-/reload", 0, reload));
     // A tap sees the lines (which hold no secret), not weir's settings.
     let tap = http_get(
-        &format!("http://{addr}/tap"),
+        &format!("http://{admin}/tap"),
         &[("filter", "message =~ \"(\"")],
     );
     answers.push(("/tap", 0, format!("{tap:?}")));

@@ -1,6 +1,8 @@
 //! Integration tests: the real `weir` binary, fed generated agent-system logs.
 
+mod agent_shapes;
 mod alerts;
+mod config_habits;
 mod container;
 mod core;
 mod delivery;
@@ -9,6 +11,8 @@ mod elasticsearch;
 mod file;
 mod hostile;
 mod loki;
+mod multiline;
+mod parse_report;
 mod pipeline_tests;
 mod reload;
 #[path = "../support/mod.rs"]

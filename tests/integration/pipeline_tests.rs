@@ -199,3 +199,163 @@ fn a_pipeline_without_tests() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out), "none.toml: no tests\n");
 }
+
+/// Every pipeline in `pipelines/examples/`, in name order (paths relative to the crate).
+fn example_pipelines() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/examples");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.ends_with(".toml"))
+        .map(|n| format!("pipelines/examples/{n}"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn the_example_pipelines_pass_their_tests() {
+    let files = example_pipelines();
+    assert!(
+        files.len() >= 8,
+        "pipelines/examples/ should hold the example pipelines, has {files:?}"
+    );
+    let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+    let out = weir_test(Path::new(env!("CARGO_MANIFEST_DIR")), &refs);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    // Each file reports its tests; an example without tests, or whose fixture is empty, fails.
+    for f in &files {
+        let header = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{f}: ")))
+            .unwrap_or_else(|| panic!("no report for {f}:\n{text}"));
+        assert!(
+            header.ends_with(" test") || header.ends_with(" tests"),
+            "{header}\n\n{text}"
+        );
+    }
+    let results: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+    assert!(results.len() >= files.len(), "{text}");
+    for line in results {
+        assert!(line.starts_with("  ok    "), "{line}\n\n{text}");
+    }
+}
+
+/// `weir test` feeds the parser lines without a source, so the CRI framing of the Kubernetes
+/// example (P partials, the path's namespace/pod/container) is checked here, through the file
+/// source, on the fixture conmon wrote.
+#[test]
+fn the_kubernetes_cri_example_reads_its_fixture() {
+    use crate::util::{key, parse_exposition};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fixture = "pipelines/examples/fixtures/kubernetes-cri/\
+                   shop_api-7c9d8f6b5-x2k4q_3f2b1c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d/api/0.log";
+    let out = weir()
+        .current_dir(root)
+        .args([
+            "run",
+            "--oneshot",
+            "--progress",
+            "never",
+            "--format",
+            "cri",
+            "--config",
+        ])
+        .arg("pipelines/examples/kubernetes-cri.toml")
+        .arg(fixture)
+        .output()
+        .expect("run weir");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let m = parse_exposition(&stdout(&out));
+    let pod = [
+        ("container", "api"),
+        ("namespace", "shop"),
+        ("pod", "api-7c9d8f6b5-x2k4q"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut l = pod.to_vec();
+        l.extend_from_slice(extra);
+        l
+    };
+    let ns = [("container", "api"), ("namespace", "shop")];
+    let mut want = vec![
+        (
+            key(
+                "http_requests_total",
+                &with(&[("method", "GET"), ("status", "200")]),
+            ),
+            3.0,
+        ),
+        (
+            key(
+                "http_requests_total",
+                &with(&[("method", "GET"), ("status", "500")]),
+            ),
+            1.0,
+        ),
+        (
+            key(
+                "http_requests_total",
+                &with(&[("method", "POST"), ("status", "201")]),
+            ),
+            1.0,
+        ),
+        (
+            key(
+                "http_requests_total",
+                &with(&[("method", "POST"), ("status", "422")]),
+            ),
+            1.0,
+        ),
+        (key("http_request_duration_seconds_count", &ns), 6.0),
+        // The 9 KB warning came as a P entry and an F entry: counted once, as one JSON line.
+        (
+            key(
+                "container_log_problems_total",
+                &with(&[("level", "WARNING")]),
+            ),
+            1.0,
+        ),
+        (
+            key("container_log_problems_total", &with(&[("level", "ERROR")])),
+            1.0,
+        ),
+        // The two lines of a Python warning on stderr are not JSON: kept, counted, and seen
+        // only by the metric with include_unparsed.
+        (key("container_stderr_lines_total", &pod), 2.0),
+        (
+            key("weir_parse_errors_total", &[("reason", "invalid_json")]),
+            2.0,
+        ),
+        (
+            key("weir_parse_errors_total", &[("reason", "invalid_envelope")]),
+            0.0,
+        ),
+        (key("weir_events_total", &[("source", fixture)]), 11.0),
+    ];
+    for (le, n) in [
+        ("0.01", 1.0),
+        ("0.05", 4.0),
+        ("0.25", 5.0),
+        ("0.5", 5.0),
+        ("1", 6.0),
+    ] {
+        let mut l = ns.to_vec();
+        l.push(("le", le));
+        want.push((key("http_request_duration_seconds_bucket", &l), n));
+    }
+    for (k, v) in &want {
+        assert_eq!(m.get(k), Some(v), "{k:?}\n\n{}", stdout(&out));
+    }
+    let sum = m[&key("http_request_duration_seconds_sum", &ns)];
+    assert!((sum - 0.757).abs() < 1e-9, "sum {sum}");
+    let series = |name: &str| m.keys().filter(|(n, _)| n == name).count();
+    assert_eq!(series("http_requests_total"), 4);
+    assert_eq!(series("container_log_problems_total"), 2);
+}

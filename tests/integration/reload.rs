@@ -81,7 +81,7 @@ fn reload_under_load_loses_nothing_and_keeps_counters() {
         format!("{B}\n[[metrics]]\nname = \"c_total\"\nkind = \"countr\"\n"),
     )
     .unwrap();
-    let (status, body) = post(&addr, "/-/reload");
+    let (status, body) = post(&weir.admin, "/-/reload");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("p.toml:"), "{body}");
     assert!(body.contains("countr"), "{body}");
@@ -124,7 +124,7 @@ fn reload_under_load_loses_nothing_and_keeps_counters() {
 #[test]
 fn reload_without_a_file_says_why() {
     let weir = spawn_weir(&[]);
-    let (status, body) = post(&weir.addr, "/-/reload");
+    let (status, body) = post(&weir.admin, "/-/reload");
     assert_eq!(status, 400);
     assert!(body.contains("--config"), "{body}");
 }
@@ -186,7 +186,7 @@ fn a_reload_swaps_sinks_and_sources_without_loss() {
     write_range(0, 20_000);
 
     std::fs::write(&config, format!("{}{}", sink(&b_out), source(250))).unwrap();
-    let (status, body) = post(&addr, "/-/reload");
+    let (status, body) = post(&weir.admin, "/-/reload");
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("sinks: 1 started (file), 1 stopped (file)"),
@@ -206,7 +206,7 @@ fn a_reload_swaps_sinks_and_sources_without_loss() {
 
     // Changed settings restart the file source: at its checkpoint, not at the start.
     std::fs::write(&config, format!("{}{}", sink(&b_out), source(100))).unwrap();
-    let (status, body) = post(&addr, "/-/reload");
+    let (status, body) = post(&weir.admin, "/-/reload");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("sources: 1 started, 1 stopped"), "{body}");
     assert!(!body.contains("sinks:"), "the sink did not change: {body}");
@@ -289,7 +289,7 @@ fn a_reload_never_stops_the_last_source() {
         || "the first line was never read".into(),
     );
     std::fs::write(&config, "").unwrap();
-    let (status, body) = post(&weir.addr, "/-/reload");
+    let (status, body) = post(&weir.admin, "/-/reload");
     assert_eq!(status, 200, "{body}");
     assert!(
         body.contains("no source would be left: the sources keep running as they were"),

@@ -29,7 +29,7 @@ fn stop(mut w: Running) {
 fn tap_prints_the_first_matching_events_in_order() {
     let mut w = spawn_weir(&[]);
     let filter = r#"level == "ERROR" && component == "EventBus""#;
-    let mut t = tap(&w.addr, &["--filter", filter, "--limit", "5"]);
+    let mut t = tap(&w.admin, &["--filter", filter, "--limit", "5"]);
     wait_for_metric(&w.addr, "weir_taps_active", &[], 1.0);
     let input = w.child.stdin.as_mut().unwrap();
     let mut expected = Vec::new();
@@ -71,7 +71,7 @@ fn a_bad_filter_is_refused_with_its_column() {
         .args([
             "tap",
             "--addr",
-            &w.addr,
+            &w.admin,
             "--filter",
             r#"level == "ERROR" &&"#,
         ])
@@ -91,7 +91,7 @@ fn a_bad_filter_is_refused_with_its_column() {
 #[test]
 fn the_rate_limit_holds_and_every_line_is_accounted_for() {
     let mut w = spawn_weir(&[]);
-    let mut t = tap(&w.addr, &["--rate", "10"]);
+    let mut t = tap(&w.admin, &["--rate", "10"]);
     wait_for_metric(&w.addr, "weir_taps_active", &[], 1.0);
     let input = w.child.stdin.as_mut().unwrap();
     for i in 0..1000 {

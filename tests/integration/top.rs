@@ -24,7 +24,7 @@ fn top_shows_what_a_running_weir_has_processed() {
     assert!(!problems.is_empty(), "the corpus has malformed lines");
 
     // /stats carries the values /metrics shows.
-    let (status, body) = get(&w.addr, "/stats");
+    let (status, body) = get(&w.admin, "/stats");
     assert_eq!(status, 200);
     let stats: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     let events = &stats["families"]["weir_events_total"][0];
@@ -35,7 +35,7 @@ fn top_shows_what_a_running_weir_has_processed() {
         .args([
             "top",
             "--addr",
-            &w.addr,
+            &w.admin,
             "--count",
             "2",
             "--interval-secs",
@@ -82,7 +82,7 @@ fn top_shows_what_a_running_weir_has_processed() {
 
     // weir is gone: top says so and fails.
     let out = weir()
-        .args(["top", "--addr", &w.addr, "--count", "1"])
+        .args(["top", "--addr", &w.admin, "--count", "1"])
         .output()
         .expect("run weir top");
     assert_eq!(out.status.code(), Some(1));

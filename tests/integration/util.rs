@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The `weir` binary. Its admin listener (`/tap`, `/stats`, `/-/reload`) binds a port the OS
+/// chooses, so tests running at once do not fight over the default 127.0.0.1:9190.
 pub fn weir() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_weir"));
+    c.env("WEIR_ADMIN_LISTEN", "127.0.0.1:0");
+    c
 }
 
 /// A series key: metric name and sorted labels.
@@ -209,7 +213,10 @@ pub fn assert_agent_metrics(got: &BTreeMap<Key, f64>, expected: &BTreeMap<Key, f
 /// A running `weir run` that serves /metrics on a port chosen by the OS.
 pub struct Running {
     pub child: Child,
+    /// The public listener: /metrics, /health, /ready, /alerts.
     pub addr: String,
+    /// The admin listener: /tap, /stats, POST /-/reload (empty when it is off).
+    pub admin: String,
     /// weir's log lines; kept so the reader thread keeps draining the pipe.
     pub _stderr_lines: std::sync::mpsc::Receiver<String>,
 }
@@ -247,9 +254,18 @@ pub fn spawn_weir(args: &[&str]) -> Running {
             return Running {
                 child,
                 addr,
+                admin: admin_of(&v),
                 _stderr_lines: rx,
             };
         }
+    }
+}
+
+/// The admin address in weir's "serving /metrics" log line (empty when it is off).
+pub fn admin_of(line: &serde_json::Value) -> String {
+    match line["fields"]["admin"].as_str() {
+        Some("off") | None => String::new(),
+        Some(a) => a.to_string(),
     }
 }
 
@@ -365,6 +381,7 @@ pub fn spawn_weir_logging(args: &[&str], messages: &[&str]) -> (Running, Vec<Str
     });
     let mut found: Vec<Option<String>> = vec![None; messages.len()];
     let mut metrics = None;
+    let mut admin = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while found.iter().any(Option::is_none) || metrics.is_none() {
         let line = rx
@@ -377,6 +394,7 @@ pub fn spawn_weir_logging(args: &[&str], messages: &[&str]) -> (Running, Vec<Str
         };
         if v["fields"]["message"] == "serving /metrics" {
             metrics = Some(addr.to_string());
+            admin = admin_of(&v);
         }
         for (m, f) in messages.iter().zip(&mut found) {
             if v["fields"]["message"] == *m && f.is_none() {
@@ -387,6 +405,7 @@ pub fn spawn_weir_logging(args: &[&str], messages: &[&str]) -> (Running, Vec<Str
     let running = Running {
         child,
         addr: metrics.expect("loop ends once found"),
+        admin,
         _stderr_lines: rx,
     };
     (running, found.into_iter().flatten().collect())

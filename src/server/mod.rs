@@ -1,23 +1,145 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text format 0.0.4), `/health`, `/ready`, `/alerts`,
-//! `/tap` (the live events for `weir tap`, see [`crate::tap`]).
+//! The HTTP surface, split in two listeners by what a caller may learn or do.
+//!
+//! - **Public** (`--listen`, default `0.0.0.0:9090`): `/metrics` (Prometheus text format
+//!   0.0.4), `/health`, `/ready`, `/alerts` (the pending and firing alerts: names, labels,
+//!   values — what Prometheus' own `/alerts` shows anyone who can scrape it). TLS and basic
+//!   auth from `--web-config-file` ([`web_config`], the exporter-toolkit's format); `/health`
+//!   and `/ready` answer without credentials (liveness probes carry none; they tell nothing).
+//! - **Admin** (`--admin-listen`, default `127.0.0.1:9190`, `off` to disable): `/tap` (raw
+//!   log lines, see [`crate::tap`]), `/stats` (for `weir top`), `POST /-/reload`. Local by
+//!   default, as Vector's API; an optional bearer token (`--admin-token-env`). The public
+//!   listener answers 404 for these paths: no raw log line and no control there.
+//!
+//! Both are served by [`listener`]: connection cap with eviction of idle connections, header
+//! and write deadlines; per request here: a handler deadline and a body cap.
 //!
 //! The derived metrics and weir's own live in two registries (so a pipeline can never shadow a
 //! `weir_*` name); `/metrics` encodes both. Handlers only read atomics: a scrape never blocks the
 //! pipeline.
 
+pub mod auth;
+pub mod listener;
+pub mod web_config;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
+use anyhow::Context as _;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use prometheus::proto::{Metric, MetricFamily};
 use prometheus::{Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
 
 use crate::alert::engine::SharedView;
 use crate::telemetry::SelfMetrics;
+
+pub use listener::Limits;
+pub use web_config::WebConfig;
+
+/// The default admin address: local only, and clear of the ports the deployment kit publishes
+/// (docker-compose maps weir's 9090 to 9091 on the host).
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9190";
+/// The largest request body accepted (no endpoint reads one; `POST /-/reload` needs none).
+pub const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// How the two listeners are set up (from the command line).
+#[derive(Default)]
+pub struct HttpOptions {
+    /// The admin listener's address; `None`: no admin listener.
+    pub admin: Option<SocketAddr>,
+    /// TLS, basic auth and headers of the public listener.
+    pub web: WebConfig,
+    /// The bearer token the admin listener requires, if any.
+    pub admin_token: Option<Arc<auth::BearerToken>>,
+    pub limits: Limits,
+}
+
+impl std::fmt::Debug for HttpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpOptions")
+            .field("admin", &self.admin)
+            .field("web", &self.web)
+            .field("admin_token", &self.admin_token.is_some())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// The running listeners.
+pub struct Serving {
+    pub public: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    /// Ends when both listeners have stopped (after `stop`).
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the public listener on `listen` and the admin listener (if any), and serves both
+/// until `stop`.
+pub async fn start(
+    listen: SocketAddr,
+    opts: HttpOptions,
+    state: AppState,
+    stop: CancellationToken,
+) -> anyhow::Result<Serving> {
+    let public = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let public_addr = public.local_addr()?;
+    let admin = match opts.admin {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for the admin endpoints (--admin-listen ADDR or off)")
+            })?;
+            Some(l)
+        }
+        None => None,
+    };
+    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    if let Some(a) = admin_addr {
+        if !a.ip().is_loopback() && opts.admin_token.is_none() {
+            tracing::warn!(addr = %a, "the admin endpoints (/tap shows raw log lines, /-/reload) \
+                are reachable beyond this host without a token: set --admin-token-env");
+        }
+    }
+    let metrics = listener::HttpMetrics::register(&state.selfm.registry);
+    let tls = opts
+        .web
+        .tls
+        .clone()
+        .map(tokio_rustls::TlsAcceptor::from);
+    let public_app = public_router(state.clone(), &opts.web, opts.limits);
+    let admin_app = admin_router(state, opts.admin_token.clone(), opts.limits);
+    let limits = opts.limits;
+    let task = tokio::spawn(async move {
+        let public = listener::serve(
+            public,
+            "public",
+            public_app,
+            tls,
+            limits,
+            metrics.clone(),
+            stop.clone(),
+        );
+        match admin {
+            Some(l) => {
+                let admin = listener::serve(l, "admin", admin_app, None, limits, metrics, stop);
+                tokio::join!(public, admin);
+            }
+            None => public.await,
+        }
+    });
+    Ok(Serving {
+        public: public_addr,
+        admin: admin_addr,
+        task,
+    })
+}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -202,16 +324,102 @@ async fn tap(
         .into_response())
 }
 
-pub fn router(state: AppState) -> Router {
+/// The public listener's routes: metrics, health, readiness, alerts.
+pub fn public_router(state: AppState, web: &WebConfig, limits: Limits) -> Router {
+    let auth = web.basic_auth.clone();
+    let headers = Arc::new(web.headers.clone());
     Router::new()
-        .route("/tap", get(tap))
-        .route("/stats", get(stats))
-        .route("/-/reload", axum::routing::post(reload))
         .route("/alerts", get(alerts))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .with_state(state)
+        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+            let auth = auth.clone();
+            async move {
+                match &auth {
+                    // Probes carry no credentials; these answers tell nothing.
+                    Some(a)
+                        if !matches!(req.uri().path(), "/health" | "/ready")
+                            && !a.allows(req.headers()).await =>
+                    {
+                        (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Basic realm=\"weir\"")],
+                            "unauthorized\n",
+                        )
+                            .into_response()
+                    }
+                    _ => next.run(req).await,
+                }
+            }
+        }))
+        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+            let headers = headers.clone();
+            async move {
+                let mut res = next.run(req).await;
+                for (n, v) in headers.iter() {
+                    res.headers_mut().insert(n.clone(), v.clone());
+                }
+                res
+            }
+        }))
+        .layer(axum::middleware::from_fn_with_state(limits, limit_requests))
+}
+
+/// The admin listener's routes: tap, stats, reload; behind the bearer token if one is set.
+pub fn admin_router(
+    state: AppState,
+    token: Option<Arc<auth::BearerToken>>,
+    limits: Limits,
+) -> Router {
+    Router::new()
+        .route("/tap", get(tap))
+        .route("/stats", get(stats))
+        .route("/-/reload", axum::routing::post(reload))
+        .route("/health", get(health))
+        .with_state(state)
+        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+            let token = token.clone();
+            async move {
+                match &token {
+                    Some(t) if !t.allows(req.headers()) => (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::WWW_AUTHENTICATE, "Bearer")],
+                        "unauthorized: this weir's admin endpoints need \
+                         Authorization: Bearer TOKEN (weir tap/top --admin-token-env VAR)\n",
+                    )
+                        .into_response(),
+                    _ => next.run(req).await,
+                }
+            }
+        }))
+        .layer(axum::middleware::from_fn_with_state(limits, limit_requests))
+}
+
+/// Per request: a body cap (413) and a handler deadline (503), `/tap` streams excepted.
+async fn limit_requests(State(limits): State<Limits>, req: Request, next: Next) -> Response {
+    let too_big = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > MAX_BODY_BYTES)
+        || req.headers().contains_key(header::TRANSFER_ENCODING);
+    if too_big {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes\n"),
+        )
+            .into_response();
+    }
+    if req.uri().path() == "/tap" {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(limits.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "request timed out\n").into_response(),
+    }
 }
 
 #[cfg(test)]
@@ -237,7 +445,7 @@ mod tests {
             reload: None,
             tap: None,
         };
-        let app = router(state.clone());
+        let app = public_router(state.clone(), &WebConfig::default(), Limits::default());
         let res = app
             .clone()
             .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())

@@ -24,7 +24,9 @@ COPY --from=builder --chown=65532:65532 /staging/empty /logs
 # distroless's "nonroot" user.
 USER 65532:65532
 WORKDIR /var/lib/weir
-# /metrics, /health, /ready, /alerts (METRICS_PORT or --listen change it).
+# /metrics, /health, /ready, /alerts (METRICS_PORT or --listen change it). The admin endpoints
+# (/tap, /stats, /-/reload) listen on 127.0.0.1:9190 inside the container, not exposed:
+# `docker exec CONTAINER weir top` / `kubectl exec POD -c weir -- weir tap` reach them.
 EXPOSE 9090
 # No shell or curl here: weir asks itself (GET /health on 127.0.0.1:$METRICS_PORT, else 9090).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \

@@ -35,6 +35,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once and matched at once: the size of `RunArgs` costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline: read stdin (or FILEs), derive metrics, serve /metrics.
@@ -205,7 +207,8 @@ pub struct TopArgs {
 
 #[derive(Debug, Args)]
 pub struct HealthArgs {
-    /// The running weir's HTTP address. Default: 127.0.0.1:$METRICS_PORT, else 127.0.0.1:9090.
+    /// The running weir's HTTP address (`https://HOST:PORT` when it serves TLS; the
+    /// certificate is not verified). Default: 127.0.0.1:$METRICS_PORT, else 127.0.0.1:9090.
     #[arg(long)]
     pub addr: Option<String>,
     /// How long to wait for the answer.
@@ -507,6 +510,9 @@ fn admin_client_addr(addr: Option<String>, env: Option<&str>) -> anyhow::Result<
         text != "off",
         "WEIR_ADMIN_LISTEN is off: this weir serves no admin endpoints (give --addr)"
     );
+    if text.starts_with("unix:") {
+        return Ok(text.to_string());
+    }
     let mut a: SocketAddr = text
         .parse()
         .with_context(|| format!("WEIR_ADMIN_LISTEN {text:?} is not HOST:PORT"))?;
@@ -518,18 +524,16 @@ fn admin_client_addr(addr: Option<String>, env: Option<&str>) -> anyhow::Result<
 
 /// The admin listener of `weir run`: `--admin-listen ADDR` (or `$WEIR_ADMIN_LISTEN`), `off`
 /// for none, else [`server::DEFAULT_ADMIN`].
-pub fn admin_listen_addr(flag: Option<&str>) -> anyhow::Result<Option<SocketAddr>> {
+pub fn admin_listen_addr(flag: Option<&str>) -> anyhow::Result<Option<server::AdminAddr>> {
     let text = flag.map(str::trim).filter(|t| !t.is_empty());
     match text {
         Some("off") => Ok(None),
-        Some(t) => t.parse().map(Some).with_context(|| {
-            format!("invalid --admin-listen {t:?}: expected HOST:PORT or off")
-        }),
-        None => Ok(Some(
-            server::DEFAULT_ADMIN
-                .parse()
-                .context("the default admin address")?,
-        )),
+        Some(t) => server::AdminAddr::parse(t)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("invalid --admin-listen {e}")),
+        None => server::AdminAddr::parse(server::DEFAULT_ADMIN)
+            .map(Some)
+            .map_err(anyhow::Error::msg),
     }
 }
 
@@ -538,7 +542,9 @@ fn token_from_env(var: Option<&str>) -> anyhow::Result<Option<String>> {
     let Some(var) = var else { return Ok(None) };
     match std::env::var(var) {
         Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
-        _ => anyhow::bail!("--admin-token-env {var}: the environment variable {var} is unset or empty"),
+        _ => anyhow::bail!(
+            "--admin-token-env {var}: the environment variable {var} is unset or empty"
+        ),
     }
 }
 
@@ -569,11 +575,22 @@ fn run_top(args: &TopArgs) -> anyhow::Result<ExitCode> {
 /// The container image's HEALTHCHECK, where no shell or curl exists.
 fn run_health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
     let addr = client_addr(args.addr.clone());
-    let url = format!("http://{addr}/health");
+    // `--addr https://HOST:PORT` when the listener has TLS (--web-config-file).
+    let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let url = format!("{base}/health");
     let runtime = client_runtime()?;
     let timeout = std::time::Duration::from_secs(args.timeout_secs);
     let answer = runtime.block_on(async {
-        let client = reqwest::Client::builder().timeout(timeout).build()?;
+        // A liveness probe asks whether weir answers, not who it is: the certificate (often
+        // for a name other than the address asked) is not verified.
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .danger_accept_invalid_certs(base.starts_with("https://"))
+            .build()?;
         client.get(&url).send().await
     });
     match answer {
@@ -622,8 +639,11 @@ fn run_tap(args: TapArgs) -> anyhow::Result<ExitCode> {
         if let Some(s) = &args.source {
             query.push(("source", s.clone()));
         }
-        let mut request = reqwest::Client::new()
-            .get(format!("http://{addr}/tap"))
+        let (client, base) = server::admin_client(&addr);
+        let mut request = client
+            .build()
+            .context("cannot build an HTTP client")?
+            .get(format!("{base}/tap"))
             .query(&query);
         if let Some(t) = &token {
             request = request.bearer_auth(t);
@@ -853,7 +873,22 @@ mod tests {
         );
         assert_eq!(admin_listen_addr(Some("off")).unwrap(), None);
         assert_eq!(
-            admin_listen_addr(Some("0.0.0.0:9999")).unwrap().unwrap().to_string(),
+            admin_listen_addr(Some("unix:/run/w.sock"))
+                .unwrap()
+                .unwrap()
+                .to_string(),
+            "unix:/run/w.sock"
+        );
+        assert!(admin_listen_addr(Some("unix:")).is_err());
+        assert_eq!(
+            admin_client_addr(None, Some("unix:/run/w.sock")).unwrap(),
+            "unix:/run/w.sock"
+        );
+        assert_eq!(
+            admin_listen_addr(Some("0.0.0.0:9999"))
+                .unwrap()
+                .unwrap()
+                .to_string(),
             "0.0.0.0:9999"
         );
         assert!(admin_listen_addr(Some("9999")).is_err());

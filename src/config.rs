@@ -18,8 +18,8 @@ use crate::alert::rule::AlertConfig;
 use crate::alert::window::Feed;
 use crate::derive::{CompiledMetric, Deriver, MetricConfig};
 use crate::interpolate::{interpolate, Env, Interpolation, ProcessEnv};
-pub use crate::located::{closest, locate, CompileError, Located};
 use crate::located::with_hint;
+pub use crate::located::{closest, locate, CompileError, Located};
 use crate::parse::text::ParserConfig;
 use crate::parse::{EventConfig, LineParser, PathTrie};
 use crate::sink::SinkConfig;
@@ -143,7 +143,10 @@ impl PipelineConfig {
         // Spans are offsets into the substituted text; errors quote the file as written.
         let (file, text) = (text, self.interpolation.text(text));
         let place = |e: CompileError| {
-            ConfigError::Invalid(self.interpolation.locate(path, file, e.span.start, &e.message))
+            ConfigError::Invalid(
+                self.interpolation
+                    .locate(path, file, e.span.start, &e.message),
+            )
         };
         let registry = Registry::new();
         let mut trie = PathTrie::new();
@@ -251,7 +254,9 @@ impl PipelineConfig {
         let parser = self.compile_parsers(text, &trie).map_err(place)?;
         Ok(CompiledPipeline {
             origin: path.to_string(),
-            parser: event_paths.into_parser(trie).with_formats(parser.0, parser.1),
+            parser: event_paths
+                .into_parser(trie)
+                .with_formats(parser.0, parser.1),
             event: self.event.clone(),
             deriver: Deriver::new(metrics).with_feed(feed),
             registry,
@@ -290,10 +295,13 @@ impl PipelineConfig {
                 .match_indices("[[sources]]")
                 .nth(i)
                 .map_or(0..0, |(at, _)| at..at);
-            let own_chain = own.compile(trie, at.clone()).map_err(|e| CompileError {
-                message: format!("sources[{i}]: {}", e.message),
-                ..e
-            })?;
+            let own_chain = own
+                .placed(at.clone())
+                .compile(trie, at.clone())
+                .map_err(|e| CompileError {
+                    message: format!("sources[{i}]: {}", e.message),
+                    ..e
+                })?;
             for name in names {
                 if sources.iter().any(|(n, _)| **n == *name) {
                     return Err(CompileError::at(

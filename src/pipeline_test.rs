@@ -27,8 +27,8 @@ use toml::Spanned;
 use crate::alert::engine::{Clock, Engine, Rule};
 use crate::alert::expr::{self, RuleExpr};
 use crate::config::{CompiledPipeline, ConfigError, PipelineConfig};
-use crate::located::{self, CompileError};
 use crate::derive::condition::Ast;
+use crate::located::{self, CompileError};
 use crate::source::LineBatch;
 use crate::telemetry::SelfMetrics;
 use crate::topology::Processor;
@@ -39,8 +39,8 @@ mod series;
 #[cfg(test)]
 mod tests;
 
-pub use schema::{AlertExpect, EventExpect, ExpectConfig, ExpectedState, TestConfig};
 use expect::{expected_field, lookup, tracks, AlertCheck, EventCheck, Parsed};
+pub use schema::{AlertExpect, EventExpect, ExpectConfig, ExpectedState, TestConfig};
 use series::{check_series, samples, MetricCheck, SeriesKey};
 
 /// A test checked against its pipeline, ready to run.
@@ -481,7 +481,10 @@ pub fn run_text(name: &str, text: &str, dir: &Path) -> Result<FileReport, Config
         .map(|t| Case::check(t, &base, cfg.interpolation.text(text), dir))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
-            ConfigError::Invalid(cfg.interpolation.locate(name, text, e.span.start, &e.message))
+            ConfigError::Invalid(
+                cfg.interpolation
+                    .locate(name, text, e.span.start, &e.message),
+            )
         })?;
     let mut results = Vec::with_capacity(cases.len());
     for case in &cases {

@@ -512,10 +512,16 @@ mod tests {
         ));
         let got = drain(&mut sub);
         assert_eq!(got.len(), 3, "{got:?}");
-        assert_eq!(got[0]["parse_problems"], serde_json::json!(["invalid_json"]));
+        assert_eq!(
+            got[0]["parse_problems"],
+            serde_json::json!(["invalid_json"])
+        );
         assert_eq!(got[0]["event"]["message"], "not json");
         assert!(got[1].get("parse_problems").is_none(), "{}", got[1]);
-        assert_eq!(got[2]["parse_problems"], serde_json::json!(["timestamp_missing"]));
+        assert_eq!(
+            got[2]["parse_problems"],
+            serde_json::json!(["timestamp_missing"])
+        );
     }
 
     #[test]

@@ -41,8 +41,11 @@ pub struct SelfMetrics {
     pub tcp_connections: IntGauge,
     /// TCP connections by result: accepted, refused (over max_connections).
     pub tcp_connections_total: IntCounterVec,
-    /// TCP disconnections by reason: eof, idle_timeout, line_too_long, error, shutdown.
+    /// TCP disconnections by reason: eof, idle_timeout, line_too_long, error, shutdown, slow,
+    /// handshake_timeout, tls_error.
     pub tcp_disconnects_total: IntCounterVec,
+    /// Bytes of TCP clients' partial lines held against `max_buffered_bytes` now.
+    pub tcp_buffered_bytes: IntGauge,
     /// Files open for reading now.
     pub files_open: IntGauge,
     /// File lifecycle by event: discovered, rotated, truncated, deleted, resumed.
@@ -195,6 +198,11 @@ impl SelfMetrics {
                 "weir_tcp_disconnects_total",
                 "TCP disconnections by reason.",
                 &["reason"],
+            ),
+            tcp_buffered_bytes: gauge(
+                &reg,
+                "weir_tcp_buffered_bytes",
+                "Bytes of TCP clients' partial lines held against max_buffered_bytes.",
             ),
             files_open: gauge(&reg, "weir_files_open", "Files open for reading now."),
             file_events_total: counter_vec(
@@ -356,6 +364,52 @@ impl LogLimit {
                 self.last = Some(now);
                 Some(std::mem::take(&mut self.suppressed))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    /// The first error is logged, the next ones within a minute only counted, and the line after
+    /// the minute carries how many were not logged.
+    #[test]
+    fn a_repeated_error_is_logged_once_a_minute_with_a_count() {
+        let mut l = LogLimit::default();
+        assert_eq!(l.hit(), Some(0));
+        for _ in 0..600 {
+            assert_eq!(l.hit(), None);
+        }
+        l.last = l.last.map(|t| t - LogLimit::EVERY);
+        assert_eq!(l.hit(), Some(600));
+        assert_eq!(l.hit(), None);
+    }
+
+    #[test]
+    fn io_errors_are_named_for_what_they_are() {
+        let e = |code| std::io::Error::from_raw_os_error(code);
+        assert_eq!(io_error_kind(&e(28)), "enospc");
+        assert_eq!(io_error_kind(&e(30)), "erofs");
+        assert_eq!(io_error_kind(&e(13)), "eacces");
+        assert_eq!(io_error_kind(&e(24)), "emfile");
+        assert_eq!(io_error_kind(&e(5)), "eio");
+    }
+
+    /// Every registry serves the process-wide state counters.
+    #[test]
+    fn state_metrics_are_served_by_every_registry() {
+        let (a, b) = (SelfMetrics::new(), SelfMetrics::new());
+        state_metrics()
+            .disk_errors
+            .with_label_values(&["test", "enospc"])
+            .inc();
+        for m in [a, b] {
+            assert!(m
+                .registry
+                .gather()
+                .iter()
+                .any(|f| f.name() == "weir_disk_errors_total"));
         }
     }
 }

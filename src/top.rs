@@ -260,7 +260,7 @@ pub fn render(addr: &str, prev: Option<(&Stats, Duration)>, cur: &Stats) -> Stri
 
 /// Options of `weir top`.
 pub struct TopOptions {
-    /// `HOST:PORT` of the running weir's admin listener.
+    /// `HOST:PORT` or `unix:/path` of the running weir's admin listener.
     pub addr: String,
     /// Sent as `Authorization: Bearer TOKEN` (`--admin-token-env`).
     pub token: Option<String>,
@@ -269,9 +269,9 @@ pub struct TopOptions {
     pub count: Option<u64>,
 }
 
-async fn poll(client: &reqwest::Client, addr: &str) -> anyhow::Result<Stats> {
+async fn poll(client: &reqwest::Client, base: &str, addr: &str) -> anyhow::Result<Stats> {
     let res = client
-        .get(format!("http://{addr}/stats"))
+        .get(format!("{base}/stats"))
         .send()
         .await
         .with_context(|| format!("cannot reach weir at {addr}"))?;
@@ -298,7 +298,8 @@ pub async fn run(opts: TopOptions) -> anyhow::Result<()> {
         v.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, v);
     }
-    let client = reqwest::Client::builder()
+    let (client, base) = crate::server::admin_client(&opts.addr);
+    let client = client
         .timeout(Duration::from_secs(5))
         .default_headers(headers)
         .build()
@@ -307,7 +308,7 @@ pub async fn run(opts: TopOptions) -> anyhow::Result<()> {
     let mut prev: Option<(Stats, Instant)> = None;
     let mut frames = 0u64;
     loop {
-        let cur = poll(&client, &opts.addr).await?;
+        let cur = poll(&client, &base, &opts.addr).await?;
         let now = Instant::now();
         let frame = render(&opts.addr, prev.as_ref().map(|(s, t)| (s, now - *t)), &cur);
         let mut out = std::io::stdout().lock();

@@ -334,10 +334,9 @@ impl Processor {
         }
         // A sample line is copied only when a reason is first seen.
         let line_of = |i: u32| {
-            batch
-                .lines
-                .get(i as usize)
-                .map_or_else(String::new, |s| String::from_utf8_lossy(batch.line(s)).into_owned())
+            batch.lines.get(i as usize).map_or_else(String::new, |s| {
+                String::from_utf8_lossy(batch.line(s)).into_owned()
+            })
         };
         self.report
             .add(&batch.source, batch.lines.len() as u64, &tally, line_of);
@@ -963,5 +962,106 @@ mod tests {
             tcp.sources(Vec::new())[..],
             [SourceConfig::Tcp(_)]
         ));
+    }
+
+    /// `max_line_bytes` of [`ONE_EVENT_PIPELINE`].
+    const MAX_LINE: usize = 64;
+    const ONE_EVENT_PIPELINE: &str = r#"
+[event]
+max_line_bytes = 64
+repair_unescaped_message = false
+[[metrics]]
+name = "lines_total"
+kind = "counter"
+labels = { level = "level" }
+"#;
+
+    /// One line of the stream (no `\n`): bytes of every kind, JSON, empty, at and around the
+    /// line limit, CRLF.
+    fn any_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let no_nl = |v: Vec<u8>| v.into_iter().filter(|&b| b != b'\n').collect::<Vec<u8>>();
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..100).prop_map(no_nl),
+            Just(Vec::new()),
+            Just(b"\r".to_vec()),
+            "\\{\"level\":\"(info|error)\",\"message\":\"[a-z\u{e9}]{0,8}\"\\}\r?"
+                .prop_map(String::into_bytes),
+            (MAX_LINE - 2..MAX_LINE + 3, any::<u8>()).prop_map(|(n, b)| {
+                let b = if b == b'\n' { b'x' } else { b };
+                vec![b; n]
+            }),
+            // A multi-byte character across the cut.
+            Just("\u{e9}".repeat(MAX_LINE / 2 + 1).into_bytes()),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Every line of a byte stream, read in pieces of any size, becomes exactly one event,
+        /// in order, holding that line (cut at `max_line_bytes`, invalid UTF-8 replaced), and
+        /// `weir_events_total` counts each once. No line is dropped, merged or invented.
+        #[test]
+        fn every_line_in_becomes_exactly_one_event(
+            lines in proptest::collection::vec(any_line(), 0..40),
+            trailing_newline in proptest::prelude::any::<bool>(),
+            read_size in 1usize..300,
+        ) {
+            let mut data = lines.join(&b'\n');
+            if trailing_newline && !lines.is_empty() {
+                data.push(b'\n');
+            }
+            // What a user expects: one line per `\n`-separated piece (a last piece without
+            // `\n` still counts), cut at the limit, a CR before the newline dropped.
+            let mut pieces: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+            if data.is_empty() || data.ends_with(b"\n") {
+                pieces.pop();
+            }
+            let expected: Vec<String> = pieces
+                .iter()
+                .map(|p| {
+                    let (bytes, cut) = if p.len() > MAX_LINE {
+                        (&p[..MAX_LINE], true)
+                    } else {
+                        (p.strip_suffix(b"\r").unwrap_or(p), false)
+                    };
+                    line_text(bytes, cut, &mut |_| {}).into_owned()
+                })
+                .collect();
+
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let _guard = rt.enter();
+            let dir = tempfile::tempdir().map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let selfm = SelfMetrics::new();
+            let p = crate::config::PipelineConfig::parse("t.toml", ONE_EVENT_PIPELINE)
+                .and_then(|c| c.compile("t.toml", ONE_EVENT_PIPELINE, &selfm))
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let sink_cfg: SinkCfg = toml::from_str(&format!(
+                "type = \"file\"\npath = {:?}\n",
+                dir.path().join("out.ndjson")
+            ))
+            .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            let (input, _task) = sink::start("file", &sink_cfg, &selfm, CancellationToken::new(), None)
+                .map_err(proptest::test_runner::TestCaseError::fail)?;
+            let mut processor = Processor::new(p.parser, p.deriver, selfm.clone()).with_sinks(vec![input]);
+
+            let mut reader = source::LineReader::new(&data[..], "prop".into(), MAX_LINE)
+                .with_read_size(read_size);
+            let mut got = Vec::new();
+            while let Some(batch) = rt
+                .block_on(reader.next_batch())
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?
+            {
+                let events = processor.process(&batch);
+                proptest::prop_assert_eq!(events.len(), batch.lines.len());
+                got.extend(events.into_iter().map(|e| e.line));
+            }
+            proptest::prop_assert_eq!(&got, &expected);
+            let counted = selfm.events_total.with_label_values(&["prop"]).get();
+            proptest::prop_assert_eq!(counted, expected.len() as u64);
+        }
     }
 }

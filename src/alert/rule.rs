@@ -18,9 +18,9 @@ use super::expr::{self, Arith, Func, RuleExpr};
 use super::notify::{NotifierConfig, Severity};
 use super::template::Template;
 use super::window::{AbsentGroups, Feed, Term};
-use crate::located::CompileError;
 use crate::derive::condition::Condition;
 use crate::derive::{CompiledMetric, MetricKind};
+use crate::located::CompileError;
 use crate::parse::{FieldRef, PathTrie};
 use crate::telemetry::SelfMetrics;
 
@@ -263,10 +263,12 @@ impl AlertConfig {
                 for (metric, func, offset) in &check_terms {
                     let here = at_byte(&self.expr, *offset);
                     let Some(mi) = metrics.iter().position(|m| &m.name == metric) else {
-                        let hint =
-                            crate::located::closest(metric, metrics.iter().map(|m| m.name.as_str()))
-                                .map(|c| format!("; did you mean {c:?}?"))
-                                .unwrap_or_default();
+                        let hint = crate::located::closest(
+                            metric,
+                            metrics.iter().map(|m| m.name.as_str()),
+                        )
+                        .map(|c| format!("; did you mean {c:?}?"))
+                        .unwrap_or_default();
                         return Err(CompileError::at(
                             here,
                             format!("alert {name:?}: unknown metric {metric:?}: rules watch metrics declared in [[metrics]]{hint}"),

@@ -397,6 +397,70 @@ expr = "count(fail_total) by (agent) over 60s > 2"
     assert!(e2.view().read().unwrap().is_empty());
 }
 
+/// A damaged state file (garbage, or cut in half by a full disk) does not stop the engine: it
+/// starts with every alert inactive, the file is moved aside and counted, never a panic.
+#[test]
+fn a_corrupt_state_file_starts_afresh_and_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("alerts").join("state.json");
+    let text = pipeline(
+        r#"
+[[alerts]]
+name = "Failures"
+expr = "count(fail_total) by (agent) over 60s > 2"
+"#,
+    );
+    let now = T0 + 1000;
+    let start = || {
+        let selfm = SelfMetrics::new();
+        let mut p = PipelineConfig::parse("t.toml", &text)
+            .unwrap()
+            .compile("t.toml", &text, &selfm)
+            .unwrap();
+        let mut engine = Engine::new(p.rules, &selfm)
+            .recording()
+            .with_state(path.clone(), &mut p.deriver.feed);
+        engine.start(&mut p.deriver.feed, now);
+        (engine, p.deriver, p.parser, selfm)
+    };
+    // A real state file to damage.
+    let (mut e1, mut d1, parser, _) = start();
+    for t in [now - 10, now - 5, now] {
+        let line = json!({"message": "fail", "agent": "a"}).to_string();
+        let ev = parser.parse(&line, 0, &mut |_| {});
+        d1.feed.now = t;
+        d1.apply(&ev, 0);
+    }
+    e1.evaluate(&mut d1.feed, now);
+    e1.save(&d1.feed);
+    let good = std::fs::read(&path).unwrap();
+    assert!(good.len() > 10);
+    let counter = crate::telemetry::state_metrics()
+        .state_unreadable
+        .with_label_values(&["alert_state"]);
+    for damaged in [
+        b"\x00\xffgarbage{".to_vec(),
+        good[..good.len() / 2].to_vec(),
+        Vec::new(),
+    ] {
+        std::fs::write(&path, &damaged).unwrap();
+        let before = counter.get();
+        let (mut e2, mut d2, _, selfm) = start();
+        e2.evaluate(&mut d2.feed, now + 1);
+        assert!(e2.history().is_empty(), "{:?}", e2.history());
+        let firing = selfm
+            .alerts_firing
+            .with_label_values(&["Failures", "warning"])
+            .get();
+        assert_eq!(firing, 0, "started afresh");
+        assert_eq!(counter.get(), before + 1);
+        assert_eq!(
+            std::fs::read(path.with_extension("json.corrupt")).unwrap(),
+            damaged
+        );
+    }
+}
+
 #[test]
 fn alerts_view_lists_pending_and_firing() {
     let text = pipeline(

@@ -259,7 +259,10 @@ mod tests {
         // `=` inside an unquoted value is kept.
         assert_eq!(pairs("url=/a?b=c").unwrap(), vec![kv("url", "/a?b=c")]);
         // Dotted keys are keys like any other.
-        assert_eq!(pairs("http.status=200").unwrap(), vec![kv("http.status", "200")]);
+        assert_eq!(
+            pairs("http.status=200").unwrap(),
+            vec![kv("http.status", "200")]
+        );
     }
 
     #[test]

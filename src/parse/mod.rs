@@ -458,8 +458,14 @@ impl LineParser {
         let mut first: smallvec::SmallVec<[ParseIssue; 4]> = smallvec::SmallVec::new();
         let ev = self.parse_with_attrs(line, attrs, received, &mut |i| first.push(i));
         if !ev.parsed && first.contains(&ParseIssue::InvalidJson) {
-            if let Some(fixed) = repair::unescaped_message(line, &self.repair_keys) {
+            // A joined multi-line event: the JSON head is repaired, its traceback kept as is.
+            let (head, rest) = crate::event::split_joined(line);
+            if let Some(fixed) = repair::unescaped_message(head, &self.repair_keys) {
                 *scratch = fixed;
+                if let Some(rest) = rest {
+                    scratch.push('\n');
+                    scratch.push_str(rest);
+                }
                 let fixed: &'a String = scratch;
                 issue(ParseIssue::MessageUnescaped);
                 return self.parse_with_attrs(fixed, attrs, received, issue);
@@ -485,7 +491,8 @@ impl LineParser {
         // line, so a text head gives a raw-message event of the whole text.
         if let (head, Some(rest)) = crate::event::split_joined(line) {
             if head.trim_start().starts_with('{') {
-                let mut head_issues: smallvec::SmallVec<[ParseIssue; 4]> = smallvec::SmallVec::new();
+                let mut head_issues: smallvec::SmallVec<[ParseIssue; 4]> =
+                    smallvec::SmallVec::new();
                 let mut collect = |i| head_issues.push(i);
                 // As a trait object, so the recursion instantiates one function, not a chain.
                 let mut collect: &mut dyn FnMut(ParseIssue) = &mut collect;

@@ -121,7 +121,8 @@ impl ParseReport {
                 let _ = self.unusable_sample.set(sample(source, &line(i)));
             }
         }
-        for k in 0..N {
+        for &i in ParseIssue::ALL {
+            let k = i as usize;
             if tally.counts[k] == 0 {
                 continue;
             }
@@ -431,6 +432,25 @@ mod tests {
             format!("{}…", "é".repeat(200))
         );
         assert_eq!(cut("short"), "short");
+    }
+
+    #[test]
+    fn live_warnings_count_after_the_first_and_summarise_per_period() {
+        let mut w = LiveWarnings::new(WARN_EVERY);
+        let start = w.last;
+        let t = batch(&[(ParseIssue::InvalidJson, 0)], &[("x", false)]);
+        w.after_batch("s", &t, |_| "x".into());
+        assert!(w.seen[ParseIssue::InvalidJson as usize]);
+        // The first batch warned; later ones are only counted until the period ends.
+        assert_eq!(w.since[ParseIssue::InvalidJson as usize], 0);
+        w.after_batch("s", &t, |_| "x".into());
+        w.after_batch("s", &t, |_| "x".into());
+        assert_eq!(w.since[ParseIssue::InvalidJson as usize], 2);
+        w.tick(start + WARN_EVERY / 2);
+        assert_eq!(w.since[ParseIssue::InvalidJson as usize], 2);
+        w.tick(start + WARN_EVERY);
+        assert_eq!(w.since[ParseIssue::InvalidJson as usize], 0);
+        assert_eq!(w.last, start + WARN_EVERY);
     }
 
     #[test]

@@ -110,6 +110,53 @@ pub struct ParserConfig {
     pub fallback: Option<Spanned<Vec<Spanned<FormatName>>>>,
 }
 
+/// `parser = { ... }` on a `[[sources]]` entry: the keys of [`ParserConfig`]. Without spans:
+/// the sources are an internally tagged enum, which serde reads through a buffer that loses
+/// them, so errors point at the source's `[[sources]]` header.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceParserConfig {
+    /// As `[parser]`'s `format`.
+    #[serde(default)]
+    pub format: Option<FormatName>,
+    /// As `[parser]`'s `pattern`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// As `[parser]`'s `types`.
+    #[serde(default)]
+    pub types: BTreeMap<String, FieldType>,
+    /// As `[parser]`'s `fallback`.
+    #[serde(default)]
+    pub fallback: Option<Vec<FormatName>>,
+}
+
+impl SourceParserConfig {
+    /// As a [`ParserConfig`] whose every part is placed at `at`.
+    pub fn placed(&self, at: std::ops::Range<usize>) -> ParserConfig {
+        let s = |v| Spanned::new(at.clone(), v);
+        ParserConfig {
+            format: self.format.map(s),
+            pattern: self.pattern.clone().map(|p| Spanned::new(at.clone(), p)),
+            types: self
+                .types
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        Spanned::new(at.clone(), k.clone()),
+                        Spanned::new(at.clone(), *v),
+                    )
+                })
+                .collect(),
+            fallback: self.fallback.as_ref().map(|f| {
+                Spanned::new(
+                    at.clone(),
+                    f.iter().map(|n| Spanned::new(at.clone(), *n)).collect(),
+                )
+            }),
+        }
+    }
+}
+
 /// One format of a chain.
 #[derive(Debug, Clone)]
 pub enum Format {
@@ -160,7 +207,10 @@ impl ParserConfig {
         trie: &PathTrie,
         header: std::ops::Range<usize>,
     ) -> Result<Option<Chain>, CompileError> {
-        let primary = self.format.as_ref().map_or(FormatName::Json, |f| *f.get_ref());
+        let primary = self
+            .format
+            .as_ref()
+            .map_or(FormatName::Json, |f| *f.get_ref());
         let format_span = self.format.as_ref().map_or(header.clone(), |f| f.span());
         let mut names = vec![(primary, format_span.clone())];
         if let Some(fb) = &self.fallback {
@@ -272,7 +322,7 @@ fn compile_regex(
             "the pattern has no named captures: name the parts to keep with (?P<name>...)".into(),
         ));
     }
-    for (k, _) in types {
+    for k in types.keys() {
         if !captures.contains(&k.get_ref().as_str()) {
             let hint = closest(k.get_ref(), captures.iter().copied())
                 .map(|c| format!("; did you mean `{c}`?"))
@@ -375,7 +425,10 @@ impl TextFormat {
                     return false;
                 };
                 for (i, g) in groups.iter().enumerate() {
-                    let Some(Group { id: Some(id), ty, .. }) = g else {
+                    let Some(Group {
+                        id: Some(id), ty, ..
+                    }) = g
+                    else {
                         continue;
                     };
                     let Some(m) = caps.get(i) else { continue };
@@ -447,9 +500,7 @@ mod tests {
     }
 
     fn chain(toml_text: &str, trie: &PathTrie) -> Result<Option<Chain>, String> {
-        config(toml_text)
-            .compile(trie, 0..0)
-            .map_err(|e| e.message)
+        config(toml_text).compile(trie, 0..0).map_err(|e| e.message)
     }
 
     const NGINX: &str = r#"^(?P<remote_addr>\S+) \S+ (?P<remote_user>\S+) \[(?P<timestamp>[^\]]+)\] "(?P<method>\S+) (?P<path>\S+) (?P<protocol>[^"]+)" (?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>[^"]*)" "(?P<user_agent>[^"]*)""#;
@@ -506,7 +557,9 @@ mod tests {
         assert!(!f.capture(&t, "garbage", &mut out, &mut |i| issues.push(i)));
         assert!(out.iter().all(Option::is_none));
         // Every capture for documents, typed.
-        let fields = f.fields(r#"::1 - bob [10/Oct/2000:13:55:36 -0700] "POST /x HTTP/1.1" 404 0 "-" "a \"b\"""#);
+        let fields = f.fields(
+            r#"::1 - bob [10/Oct/2000:13:55:36 -0700] "POST /x HTTP/1.1" 404 0 "-" "a \"b\"""#,
+        );
         assert_eq!(fields["status"], 404);
         assert_eq!(fields["bytes"], 0);
         assert_eq!(fields["remote_user"], "bob");
@@ -552,7 +605,11 @@ mod tests {
     #[test]
     fn config_errors() {
         let t = trie(&[]);
-        let e = |s: &str| chain(s, &t).err().unwrap_or_else(|| panic!("no error: {s}"));
+        let e = |s: &str| {
+            chain(s, &t)
+                .err()
+                .unwrap_or_else(|| panic!("no error: {s}"))
+        };
         assert_eq!(
             e("format = \"regex\""),
             "parser: the regex format needs `pattern`, a regular expression whose named captures (?P<name>...) become fields"
@@ -581,7 +638,10 @@ mod tests {
             e("format = \"logfmt\"\nfallback = [\"json\", \"logfmt\"]"),
             "parser.fallback: \"logfmt\" is tried already (as `format` or earlier in `fallback`)"
         );
-        let long = format!("format = \"regex\"\npattern = '(?P<a>{})'", "x".repeat(MAX_PATTERN_BYTES));
+        let long = format!(
+            "format = \"regex\"\npattern = '(?P<a>{})'",
+            "x".repeat(MAX_PATTERN_BYTES)
+        );
         assert_eq!(
             e(&long),
             "parser.pattern: the pattern is 16391 bytes long; at most 16384 are allowed"
@@ -592,14 +652,17 @@ mod tests {
             "parser.pattern: the pattern has 130 capture groups; at most 128 are allowed"
         );
         // A pattern too big to compile is an error, not an abort.
-        let big = format!("format = \"regex\"\npattern = '(?P<a>\\w{{1000}}){{1000}}'");
-        assert!(e(&big).starts_with("parser.pattern: invalid regular expression"), "{}", e(&big));
+        let big = "format = \"regex\"\npattern = '(?P<a>\\w{1000}){1000}'";
+        assert!(
+            e(big).starts_with("parser.pattern: invalid regular expression"),
+            "{}",
+            e(big)
+        );
         // Unknown formats and types are serde's errors (placed and hinted by the loader).
         let bad: Result<ParserConfig, _> = toml::from_str("types = { a = \"integer\" }");
-        assert!(bad
-            .unwrap_err()
-            .message()
-            .contains("unknown variant `integer`, expected one of `int`, `float`, `bool`, `string`"));
+        assert!(bad.unwrap_err().message().contains(
+            "unknown variant `integer`, expected one of `int`, `float`, `bool`, `string`"
+        ));
         let bad: Result<ParserConfig, _> = toml::from_str("formt = \"json\"");
         assert!(bad.unwrap_err().message().contains("unknown field `formt`"));
     }
@@ -643,13 +706,23 @@ mod tests {
         let (ev, issues) = parse_all(&p, line, &mut s1);
         assert_eq!(issues, vec![]);
         assert!(ev.parsed && !ev.is_json);
-        assert_eq!(crate::event::format_rfc3339(ev.timestamp), "2000-10-10T20:55:36Z");
-        assert_eq!(ev.message, line, "no message capture: the line is the message");
+        assert_eq!(
+            crate::event::format_rfc3339(ev.timestamp),
+            "2000-10-10T20:55:36Z"
+        );
+        assert_eq!(
+            ev.message, line,
+            "no message capture: the line is the message"
+        );
         let doc = ev.to_json();
         assert_eq!(doc["status"], 404);
         assert_eq!(doc["user_agent"], "Mozilla/5.0 (X11)");
         // A JSON line: the fallback reads it.
-        let (ev, issues) = parse_all(&p, r#"{"time":"2024-01-01T00:00:00Z","msg":"hi","status":500}"#, &mut s2);
+        let (ev, issues) = parse_all(
+            &p,
+            r#"{"time":"2024-01-01T00:00:00Z","msg":"hi","status":500}"#,
+            &mut s2,
+        );
         assert_eq!((ev.is_json, &*ev.message, issues), (true, "hi", vec![]));
         // Neither: one issue, the regex's.
         let (ev, issues) = parse_all(&p, "upstream timed out", &mut s3);
@@ -661,7 +734,8 @@ mod tests {
 
     #[test]
     fn logfmt_pipeline_normalises_logrus_fields() {
-        let p = pipeline("[parser]\nformat = \"logfmt\"\ntypes = { duration_ms = \"int\" }\n").parser;
+        let p =
+            pipeline("[parser]\nformat = \"logfmt\"\ntypes = { duration_ms = \"int\" }\n").parser;
         let line = r#"time="2024-01-01T00:00:00Z" level=warning msg="slow \"db\" call" component=db duration_ms=12"#;
         let mut s = String::new();
         let (ev, issues) = parse_all(&p, line, &mut s);
@@ -673,26 +747,43 @@ mod tests {
         assert_eq!(ev.to_json()["duration_ms"], 12);
         let mut s = String::new();
         let (ev, issues) = parse_all(&p, r#"{"level":"info"}"#, &mut s);
-        assert_eq!((ev.parsed, issues), (false, vec![ParseIssue::InvalidLogfmt]));
+        assert_eq!(
+            (ev.parsed, issues),
+            (false, vec![ParseIssue::InvalidLogfmt])
+        );
         // A joined multi-line event: the first line is read, the rest is its exception.
         let joined = "level=error msg=boom\npanic: runtime error\ngoroutine 1 [running]:";
         let mut s = String::new();
         let (ev, _) = parse_all(&p, joined, &mut s);
         assert!(ev.parsed);
         assert_eq!((ev.line, &*ev.message), (joined, "boom"));
-        assert_eq!(ev.to_json()["exception"], "panic: runtime error\ngoroutine 1 [running]:");
+        assert_eq!(
+            ev.to_json()["exception"],
+            "panic: runtime error\ngoroutine 1 [running]:"
+        );
     }
 
     #[test]
     fn json_first_keeps_its_repair_and_falls_back_to_logfmt() {
         let p = pipeline("[parser]\nfallback = [\"logfmt\"]\n").parser;
         let mut s = String::new();
-        let (ev, issues) = parse_all(&p, r#"{"level":"info","message":"said "hi""}"#, &mut s);
-        assert_eq!((ev.is_json, issues), (true, vec![ParseIssue::MessageUnescaped]));
+        let (ev, issues) = parse_all(
+            &p,
+            r#"{"time":"2024-01-01T00:00:00Z","message":"said "hi""}"#,
+            &mut s,
+        );
+        assert_eq!(
+            (ev.is_json, issues),
+            (true, vec![ParseIssue::MessageUnescaped])
+        );
         assert_eq!(ev.message, r#"said "hi""#);
         let mut s = String::new();
+        // The fallback's own issues are reported (JSON's failure is not).
         let (ev, issues) = parse_all(&p, "level=info msg=plain", &mut s);
-        assert_eq!((ev.parsed, ev.is_json, &*ev.message, issues), (true, false, "plain", vec![]));
+        assert_eq!(
+            (ev.parsed, ev.is_json, &*ev.message, issues),
+            (true, false, "plain", vec![ParseIssue::TimestampMissing])
+        );
         let mut s = String::new();
         let (_, issues) = parse_all(&p, "not anything", &mut s);
         assert_eq!(issues, vec![ParseIssue::InvalidJson]);
@@ -731,12 +822,45 @@ mod tests {
         let e = pipeline_err("[parser]\nformat = \"regex\"\npattern = '(?P<status>\\d+)'\ntypes = { stat = \"int\" }\n");
         assert!(e.starts_with("p.toml:4:11: parser.types: `stat` is not a named capture of `pattern` (its captures: status); did you mean `status`?"), "{e}");
         let e = pipeline_err("[[sources]]\ntype = \"stdin\"\nparser = { format = \"regex\" }\n");
-        assert!(e.starts_with("p.toml:3:21: sources[0]: parser: the regex format needs `pattern`"), "{e}");
+        assert!(
+            e.starts_with("p.toml:1:1: sources[0]: parser: the regex format needs `pattern`"),
+            "{e}"
+        );
         let e = pipeline_err("[[sources]]\ntype = \"file\"\npaths = [\"a.log\"]\nparser = { format = \"logfmt\" }\n\n[[sources]]\ntype = \"file\"\npaths = [\"a.log\"]\nparser = { format = \"json\" }\n");
-        assert!(e.starts_with("p.toml:6:1: sources[1]: another source named \"a.log\" has a parser of its own"), "{e}");
+        assert!(
+            e.starts_with(
+                "p.toml:6:1: sources[1]: another source named \"a.log\" has a parser of its own"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fields_of_one_line_are_bounded() {
+        let t = trie(&[]);
+        let c = chain("format = \"logfmt\"", &t).unwrap().unwrap();
+        let Format::Text(f) = &c.formats[0] else {
+            panic!("logfmt is text")
+        };
+        let line: String = (0..MAX_FIELDS + 500).map(|i| format!("k{i}=v ")).collect();
+        assert_eq!(f.fields(&line).len(), MAX_FIELDS);
+        // A key seen again past the cap still updates its value.
+        let line = format!("{line}k0=last");
+        assert_eq!(f.fields(&line)["k0"], "last");
     }
 
     proptest! {
+        #[test]
+        fn chains_never_panic(line in "(\\PC|\n){0,120}") {
+            let p = pipeline(&format!(
+                "[parser]\nformat = \"regex\"\npattern = '{NGINX}'\ntypes = {{ status = \"int\" }}\nfallback = [\"logfmt\", \"json\"]\n\n[[metrics]]\nname = \"a_total\"\nkind = \"counter\"\nlabels = {{ s = \"status\", m = \"msg\" }}\n"
+            ))
+            .parser;
+            let mut scratch = String::new();
+            let ev = p.parse_line(&line, &mut scratch, &[], 0, &mut |_| {});
+            let _ = ev.to_json();
+        }
+
         #[test]
         fn text_formats_never_panic(line in "\\PC{0,120}") {
             let t = trie(&["status", "bytes", "msg", "level", "a.b"]);

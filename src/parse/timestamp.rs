@@ -61,7 +61,10 @@ fn syslog(s: &str, now: jiff::Timestamp) -> Option<TimestampNs> {
     let at = |tm: &mut jiff::fmt::strtime::BrokenDownTime, year: i16| {
         tm.set_year(Some(year)).ok()?;
         let civil = tm.to_datetime().ok()?;
-        civil.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp())
+        civil
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp())
     };
     let ts = match at(&mut tm, year) {
         Some(ts) if ts <= now + jiff::SignedDuration::from_hours(24) => ts,
@@ -151,11 +154,23 @@ mod tests {
         // Syslog: the year comes from `now`.
         let now: jiff::Timestamp = "2024-03-10T00:00:00Z".parse().unwrap();
         let at = |s: &str| syslog(s, now).map(crate::event::format_rfc3339);
-        assert_eq!(at("Jan  1 12:00:00").as_deref(), Some("2024-01-01T12:00:00Z"));
-        assert_eq!(at("Mar 10 23:59:59").as_deref(), Some("2024-03-10T23:59:59Z"));
+        assert_eq!(
+            at("Jan  1 12:00:00").as_deref(),
+            Some("2024-01-01T12:00:00Z")
+        );
+        assert_eq!(
+            at("Mar 10 23:59:59").as_deref(),
+            Some("2024-03-10T23:59:59Z")
+        );
         // Later than tomorrow: last year's.
-        assert_eq!(at("Dec 31 23:00:00").as_deref(), Some("2023-12-31T23:00:00Z"));
-        assert_eq!(at("Oct 11 22:14:15").as_deref(), Some("2023-10-11T22:14:15Z"));
+        assert_eq!(
+            at("Dec 31 23:00:00").as_deref(),
+            Some("2023-12-31T23:00:00Z")
+        );
+        assert_eq!(
+            at("Oct 11 22:14:15").as_deref(),
+            Some("2023-10-11T22:14:15Z")
+        );
         assert_eq!(at("Foo 11 22:14:15"), None);
         assert_eq!(at("Feb 30 22:14:15"), None);
         // Through the public entry point, with today's year.

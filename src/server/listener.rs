@@ -41,7 +41,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -236,9 +236,84 @@ impl http_body::Body for Guarded {
     }
 }
 
+/// A bound listener: TCP, or a unix socket (the admin listener's `unix:/path`).
+pub enum Bound {
+    Tcp(TcpListener),
+    /// The socket and its path, removed when the listener stops.
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+/// A connection of a [`Bound`] listener.
+pub enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+impl Bound {
+    async fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Bound::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                // Small responses go out at once rather than waiting for an ACK.
+                let _ = s.set_nodelay(true);
+                Ok(Stream::Tcp(s))
+            }
+            Bound::Unix(l, _) => Ok(Stream::Unix(l.accept().await?.0)),
+        }
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Bound::Unix(_, path) = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `stop`; `name` labels the metrics and logs.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Bound,
     name: &'static str,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -260,10 +335,14 @@ pub async fn serve(
             r = listener.accept() => r,
         };
         let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+            Ok(stream) => stream,
             Err(e) => {
                 let emfile = e.raw_os_error().is_some_and(is_fd_exhaustion);
-                let kind = if emfile { "too_many_open_files" } else { "other" };
+                let kind = if emfile {
+                    "too_many_open_files"
+                } else {
+                    "other"
+                };
                 metrics.accept_errors.with_label_values(&[name, kind]).inc();
                 if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     last_warning = Some(Instant::now());
@@ -284,7 +363,10 @@ pub async fn serve(
             Ok(p) => p,
             Err(_) => {
                 if table.evict_idle() {
-                    metrics.closed.with_label_values(&[name, "evicted_idle"]).inc();
+                    metrics
+                        .closed
+                        .with_label_values(&[name, "evicted_idle"])
+                        .inc();
                     match tokio::time::timeout(EVICT_WAIT, slots.clone().acquire_owned()).await {
                         Ok(Ok(p)) => p,
                         _ => {
@@ -316,8 +398,7 @@ pub async fn serve(
             let _registered = registered;
             let open = metrics.open.with_label_values(&[name]);
             open.inc();
-            let closed =
-                connection(stream, app, tls, limits, state, table, stop).await;
+            let closed = connection(stream, app, tls, limits, state, table, stop).await;
             open.dec();
             if let Some(reason) = closed {
                 metrics.closed.with_label_values(&[name, reason]).inc();
@@ -337,7 +418,7 @@ fn is_fd_exhaustion(errno: i32) -> bool {
 
 /// Serves one connection; returns why weir closed it, if it did for a counted reason.
 async fn connection(
-    stream: TcpStream,
+    stream: Stream,
     app: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
     limits: Limits,
@@ -345,8 +426,6 @@ async fn connection(
     table: Arc<Table>,
     stop: CancellationToken,
 ) -> Option<&'static str> {
-    // Small responses go out at once rather than waiting for an ACK.
-    let _ = stream.set_nodelay(true);
     let stalled = Arc::new(AtomicBool::new(false));
     let io = StallGuard::new(stream, limits.write_timeout, stalled.clone());
     let kill = state.kill.clone();
@@ -535,7 +614,10 @@ mod tests {
         let (near, _far) = tokio::io::duplex(64);
         let stalled = Arc::new(AtomicBool::new(false));
         let mut io = StallGuard::new(near, Duration::from_secs(30), stalled.clone());
-        let err = io.write_all(&[0u8; 4096]).await.expect_err("the peer never reads");
+        let err = io
+            .write_all(&[0u8; 4096])
+            .await
+            .expect_err("the peer never reads");
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(stalled.load(Ordering::Relaxed));
     }
@@ -555,7 +637,9 @@ mod tests {
                 total += far.read(&mut buf).await.expect("read");
             }
         });
-        io.write_all(&[0u8; 4096]).await.expect("progress resets the deadline");
+        io.write_all(&[0u8; 4096])
+            .await
+            .expect("progress resets the deadline");
         reader.await.expect("reader");
         assert!(!stalled.load(Ordering::Relaxed));
     }

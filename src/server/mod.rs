@@ -48,11 +48,55 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9190";
 /// The largest request body accepted (no endpoint reads one; `POST /-/reload` needs none).
 pub const MAX_BODY_BYTES: u64 = 64 * 1024;
 
+/// Where the admin listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddr {
+    Tcp(SocketAddr),
+    /// `unix:/path`: a unix socket, mode 0600 (weir's user only).
+    Unix(std::path::PathBuf),
+}
+
+impl AdminAddr {
+    /// `HOST:PORT` or `unix:/path`.
+    pub fn parse(text: &str) -> Result<AdminAddr, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("unix: needs a socket path, e.g. unix:/run/weir/admin.sock".into());
+            }
+            return Ok(AdminAddr::Unix(path.into()));
+        }
+        text.parse()
+            .map(AdminAddr::Tcp)
+            .map_err(|_| format!("{text:?}: expected HOST:PORT, unix:/path or off"))
+    }
+}
+
+impl std::fmt::Display for AdminAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminAddr::Tcp(a) => write!(f, "{a}"),
+            AdminAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How a client reaches the admin listener at `addr` (`HOST:PORT` or `unix:/path`): the
+/// client builder (set to the socket for `unix:`) and the base URL of the requests.
+pub fn admin_client(addr: &str) -> (reqwest::ClientBuilder, String) {
+    match addr.strip_prefix("unix:") {
+        Some(path) => (
+            reqwest::Client::builder().unix_socket(std::path::PathBuf::from(path)),
+            "http://localhost".to_string(),
+        ),
+        None => (reqwest::Client::builder(), format!("http://{addr}")),
+    }
+}
+
 /// How the two listeners are set up (from the command line).
 #[derive(Default)]
 pub struct HttpOptions {
     /// The admin listener's address; `None`: no admin listener.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminAddr>,
     /// TLS, basic auth and headers of the public listener.
     pub web: WebConfig,
     /// The bearer token the admin listener requires, if any.
@@ -74,7 +118,7 @@ impl std::fmt::Debug for HttpOptions {
 /// The running listeners.
 pub struct Serving {
     pub public: SocketAddr,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminAddr>,
     /// Ends when both listeners have stopped (after `stop`).
     pub task: tokio::task::JoinHandle<()>,
 }
@@ -91,34 +135,40 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let public_addr = public.local_addr()?;
-    let admin = match opts.admin {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("cannot listen on {addr} for the admin endpoints (--admin-listen ADDR or off)")
-            })?;
-            Some(l)
-        }
-        None => None,
+    let bind_error = |addr: &AdminAddr| {
+        format!("cannot listen on {addr} for the admin endpoints (--admin-listen ADDR or off)")
     };
-    let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
-    if let Some(a) = admin_addr {
+    let (admin, admin_addr) = match &opts.admin {
+        Some(addr @ AdminAddr::Tcp(a)) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| bind_error(addr))?;
+            let bound = AdminAddr::Tcp(l.local_addr()?);
+            (Some(listener::Bound::Tcp(l)), Some(bound))
+        }
+        Some(addr @ AdminAddr::Unix(path)) => {
+            let l = bind_unix(path).with_context(|| bind_error(addr))?;
+            (
+                Some(listener::Bound::Unix(l, path.clone())),
+                Some(addr.clone()),
+            )
+        }
+        None => (None, None),
+    };
+    if let Some(AdminAddr::Tcp(a)) = &admin_addr {
         if !a.ip().is_loopback() && opts.admin_token.is_none() {
             tracing::warn!(addr = %a, "the admin endpoints (/tap shows raw log lines, /-/reload) \
                 are reachable beyond this host without a token: set --admin-token-env");
         }
     }
     let metrics = listener::HttpMetrics::register(&state.selfm.registry);
-    let tls = opts
-        .web
-        .tls
-        .clone()
-        .map(tokio_rustls::TlsAcceptor::from);
+    let tls = opts.web.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let public_app = public_router(state.clone(), &opts.web, opts.limits);
     let admin_app = admin_router(state, opts.admin_token.clone(), opts.limits);
     let limits = opts.limits;
     let task = tokio::spawn(async move {
         let public = listener::serve(
-            public,
+            listener::Bound::Tcp(public),
             "public",
             public_app,
             tls,
@@ -139,6 +189,30 @@ pub async fn start(
         admin: admin_addr,
         task,
     })
+}
+
+/// Binds a unix socket at `path`, mode 0600. A socket file left by a weir that is gone (nobody
+/// answers on it) is replaced; any other file there is an error.
+fn bind_unix(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another process answers on this socket",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
 }
 
 #[derive(Clone)]
@@ -334,36 +408,40 @@ pub fn public_router(state: AppState, web: &WebConfig, limits: Limits) -> Router
         .route("/health", get(health))
         .route("/ready", get(ready))
         .with_state(state)
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            let auth = auth.clone();
-            async move {
-                match &auth {
-                    // Probes carry no credentials; these answers tell nothing.
-                    Some(a)
-                        if !matches!(req.uri().path(), "/health" | "/ready")
-                            && !a.allows(req.headers()).await =>
-                    {
-                        (
-                            StatusCode::UNAUTHORIZED,
-                            [(header::WWW_AUTHENTICATE, "Basic realm=\"weir\"")],
-                            "unauthorized\n",
-                        )
-                            .into_response()
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let auth = auth.clone();
+                async move {
+                    match &auth {
+                        // Probes carry no credentials; these answers tell nothing.
+                        Some(a)
+                            if !matches!(req.uri().path(), "/health" | "/ready")
+                                && !a.allows(req.headers()).await =>
+                        {
+                            (
+                                StatusCode::UNAUTHORIZED,
+                                [(header::WWW_AUTHENTICATE, "Basic realm=\"weir\"")],
+                                "unauthorized\n",
+                            )
+                                .into_response()
+                        }
+                        _ => next.run(req).await,
                     }
-                    _ => next.run(req).await,
                 }
-            }
-        }))
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            let headers = headers.clone();
-            async move {
-                let mut res = next.run(req).await;
-                for (n, v) in headers.iter() {
-                    res.headers_mut().insert(n.clone(), v.clone());
+            },
+        ))
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let headers = headers.clone();
+                async move {
+                    let mut res = next.run(req).await;
+                    for (n, v) in headers.iter() {
+                        res.headers_mut().insert(n.clone(), v.clone());
+                    }
+                    res
                 }
-                res
-            }
-        }))
+            },
+        ))
         .layer(axum::middleware::from_fn_with_state(limits, limit_requests))
 }
 
@@ -379,21 +457,23 @@ pub fn admin_router(
         .route("/-/reload", axum::routing::post(reload))
         .route("/health", get(health))
         .with_state(state)
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            let token = token.clone();
-            async move {
-                match &token {
-                    Some(t) if !t.allows(req.headers()) => (
-                        StatusCode::UNAUTHORIZED,
-                        [(header::WWW_AUTHENTICATE, "Bearer")],
-                        "unauthorized: this weir's admin endpoints need \
+        .layer(axum::middleware::from_fn(
+            move |req: Request, next: Next| {
+                let token = token.clone();
+                async move {
+                    match &token {
+                        Some(t) if !t.allows(req.headers()) => (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Bearer")],
+                            "unauthorized: this weir's admin endpoints need \
                          Authorization: Bearer TOKEN (weir tap/top --admin-token-env VAR)\n",
-                    )
-                        .into_response(),
-                    _ => next.run(req).await,
+                        )
+                            .into_response(),
+                        _ => next.run(req).await,
+                    }
                 }
-            }
-        }))
+            },
+        ))
         .layer(axum::middleware::from_fn_with_state(limits, limit_requests))
 }
 
@@ -481,6 +561,100 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
+    }
+
+    fn state() -> AppState {
+        AppState {
+            derived: Registry::new(),
+            selfm: SelfMetrics::new(),
+            ready: Arc::new(AtomicBool::new(true)),
+            alerts: None,
+            reload: None,
+            tap: None,
+        }
+    }
+
+    async fn status(app: &Router, req: Request<Body>) -> StatusCode {
+        app.clone().oneshot(req).await.unwrap().status()
+    }
+
+    /// The public listener has no raw log line and no control: 404, as for any unknown path.
+    #[tokio::test]
+    async fn the_public_router_has_no_tap_stats_or_reload() {
+        let app = public_router(state(), &WebConfig::default(), Limits::default());
+        for path in ["/tap", "/stats"] {
+            let req = Request::get(path).body(Body::empty()).unwrap();
+            assert_eq!(status(&app, req).await, StatusCode::NOT_FOUND, "{path}");
+        }
+        let req = Request::post("/-/reload").body(Body::empty()).unwrap();
+        assert_eq!(status(&app, req).await, StatusCode::NOT_FOUND);
+        let admin = admin_router(state(), None, Limits::default());
+        let req = Request::get("/stats").body(Body::empty()).unwrap();
+        assert_eq!(status(&admin, req).await, StatusCode::OK);
+        let req = Request::get("/metrics").body(Body::empty()).unwrap();
+        assert_eq!(status(&admin, req).await, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn basic_auth_guards_all_but_the_probes() {
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let yaml = format!("basic_auth_users:\n  prom: '{hash}'\n");
+        let web = WebConfig::from_text("w.yml".as_ref(), ".".as_ref(), &yaml).unwrap();
+        let app = public_router(state(), &web, Limits::default());
+        let get = |path: &str, auth: Option<&str>| {
+            let mut r = Request::get(path);
+            if let Some(a) = auth {
+                r = r.header(header::AUTHORIZATION, a);
+            }
+            r.body(Body::empty()).unwrap()
+        };
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let right = format!("Basic {}", b64("prom:pw"));
+        let wrong = format!("Basic {}", b64("prom:nope"));
+        let res = app.clone().oneshot(get("/metrics", None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            res.headers()[header::WWW_AUTHENTICATE],
+            "Basic realm=\"weir\""
+        );
+        assert_eq!(
+            status(&app, get("/metrics", Some(&wrong))).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            status(&app, get("/metrics", Some(&right))).await,
+            StatusCode::OK
+        );
+        assert_eq!(
+            status(&app, get("/alerts", None)).await,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(status(&app, get("/health", None)).await, StatusCode::OK);
+        assert_eq!(status(&app, get("/ready", None)).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_admin_token_is_required_when_set() {
+        let token = Arc::new(auth::BearerToken::new("t0ken"));
+        let app = admin_router(state(), Some(token), Limits::default());
+        let req = Request::get("/stats").body(Body::empty()).unwrap();
+        assert_eq!(status(&app, req).await, StatusCode::UNAUTHORIZED);
+        let req = Request::get("/stats")
+            .header(header::AUTHORIZATION, "Bearer t0ken")
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(status(&app, req).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_large_body_is_refused() {
+        let app = admin_router(state(), None, Limits::default());
+        let req = Request::post("/-/reload")
+            .header(header::CONTENT_LENGTH, MAX_BODY_BYTES + 1)
+            .body(Body::from(vec![b'x'; MAX_BODY_BYTES as usize + 1]))
+            .unwrap();
+        assert_eq!(status(&app, req).await, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     /// A family of 1,000 series is written in chunks that, joined, are exactly what the

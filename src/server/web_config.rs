@@ -150,7 +150,7 @@ impl WebConfig {
         } else {
             serde_norway::from_str(text).map_err(|e| WebConfigError::Parse {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                message: located(&e, text),
             })?
         };
         let tls = match &file.tls_server_config {
@@ -188,6 +188,33 @@ impl WebConfig {
     }
 }
 
+/// The YAML error with its line: serde_norway places errors inside a mapping, not an unknown
+/// key of the top-level one, which is then found in the text.
+fn located(e: &serde_norway::Error, text: &str) -> String {
+    let message = e.to_string();
+    if message.contains(" at line ") {
+        return message;
+    }
+    if let Some(loc) = e.location() {
+        return format!("{message} at line {} column {}", loc.line(), loc.column());
+    }
+    let key = message
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(k, _)| k);
+    let line = key.and_then(|k| {
+        text.lines().position(|l| {
+            l.trim_start()
+                .strip_prefix(k)
+                .is_some_and(|r| r.starts_with(':'))
+        })
+    });
+    match line {
+        Some(i) => format!("{message} at line {}", i + 1),
+        None => message,
+    }
+}
+
 fn tls_config(
     path: &Path,
     base: &Path,
@@ -210,14 +237,13 @@ fn tls_config(
         }
     }
     let _ = t.prefer_server_cipher_suites;
-    let pem_err = |kind: &'static str, file: String, e: rustls_pki_types::pem::Error| {
-        WebConfigError::Pem {
+    let pem_err =
+        |kind: &'static str, file: String, e: rustls_pki_types::pem::Error| WebConfigError::Pem {
             path: path.to_path_buf(),
             kind,
             file,
             message: e.to_string(),
-        }
-    };
+        };
     let certs: Vec<CertificateDer<'static>> = match (&t.cert_file, &t.cert) {
         (Some(f), None) => {
             let f = base.join(f);
@@ -228,7 +254,9 @@ fn tls_config(
         (None, Some(text)) => CertificateDer::pem_slice_iter(text.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| pem_err("certificates", "cert".into(), e))?,
-        (Some(_), Some(_)) => return Err(invalid("tls_server_config: cert and cert_file both set")),
+        (Some(_), Some(_)) => {
+            return Err(invalid("tls_server_config: cert and cert_file both set"))
+        }
         (None, None) => return Err(invalid("tls_server_config needs cert_file (or cert)")),
     };
     if certs.is_empty() {
@@ -260,16 +288,16 @@ fn tls_config(
     };
     let (min, max) = (version(&t.min_version, 12)?, version(&t.max_version, 13)?);
     if min > max {
-        return Err(invalid("tls_server_config: min_version is above max_version"));
+        return Err(invalid(
+            "tls_server_config: min_version is above max_version",
+        ));
     }
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
-        (12, &rustls::version::TLS12),
-        (13, &rustls::version::TLS13),
-    ]
-    .into_iter()
-    .filter(|(v, _)| (min..=max).contains(v))
-    .map(|(_, p)| p)
-    .collect();
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> =
+        [(12, &rustls::version::TLS12), (13, &rustls::version::TLS13)]
+            .into_iter()
+            .filter(|(v, _)| (min..=max).contains(v))
+            .map(|(_, p)| p)
+            .collect();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls_err = |source| WebConfigError::Tls {
         path: path.to_path_buf(),
@@ -361,8 +389,9 @@ mod tests {
         assert!(e.starts_with("web config web.yml: "), "{e}");
         assert!(e.contains("unknown field `certfile`"), "{e}");
         assert!(e.contains("line 3"), "{e}");
-        let e = err("basic_auth: {}\n");
+        let e = err("http_server_config: {}\nbasic_auth: {}\n");
         assert!(e.contains("unknown field `basic_auth`"), "{e}");
+        assert!(e.contains("at line 2"), "{e}");
     }
 
     #[test]
@@ -378,9 +407,13 @@ mod tests {
         assert!(load(&inline).unwrap().tls.is_some());
         let e = err(&format!("{inline}  min_version: TLS10\n"));
         assert!(e.contains("TLS10 is not supported"), "{e}");
-        let e = err(&format!("{inline}  client_auth_type: RequireAnyClientCert\n"));
+        let e = err(&format!(
+            "{inline}  client_auth_type: RequireAnyClientCert\n"
+        ));
         assert!(e.contains("RequireAnyClientCert is not supported"), "{e}");
-        let e = err(&format!("{inline}  client_auth_type: RequireAndVerifyClientCert\n"));
+        let e = err(&format!(
+            "{inline}  client_auth_type: RequireAndVerifyClientCert\n"
+        ));
         assert!(e.contains("client_ca_file is required"), "{e}");
     }
 
@@ -394,11 +427,20 @@ mod tests {
     #[test]
     fn missing_files_and_bad_hashes_are_named() {
         let e = err("tls_server_config:\n  cert_file: /nonexistent/c.pem\n  key_file: k.pem\n");
-        assert!(e.contains("cannot read certificates from /nonexistent/c.pem"), "{e}");
+        assert!(
+            e.contains("cannot read certificates from /nonexistent/c.pem"),
+            "{e}"
+        );
         let e = err("basic_auth_users:\n  alice: hunter2\n");
-        assert!(e.contains("user alice: the password must be a bcrypt hash"), "{e}");
+        assert!(
+            e.contains("user alice: the password must be a bcrypt hash"),
+            "{e}"
+        );
         assert!(!e.contains("hunter2"), "the value is not echoed: {e}");
         let e = err("http_server_config:\n  headers:\n    Content-Type: x\n");
-        assert!(e.contains("header Content-Type is set by weir itself"), "{e}");
+        assert!(
+            e.contains("header Content-Type is set by weir itself"),
+            "{e}"
+        );
     }
 }

@@ -76,6 +76,8 @@ pub struct DeadLetter {
     path: Option<PathBuf>,
     file: Option<std::fs::File>,
     sink: String,
+    /// Rate limit of the "cannot write the dead-letter file" line.
+    errors: crate::telemetry::LogLimit,
 }
 
 impl DeadLetter {
@@ -84,6 +86,7 @@ impl DeadLetter {
             path,
             file: None,
             sink: sink.to_string(),
+            errors: crate::telemetry::LogLimit::default(),
         }
     }
 
@@ -106,7 +109,7 @@ impl DeadLetter {
             {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot open the dead-letter file");
+                    self.failed(path.clone(), &e, events.len());
                     return;
                 }
             }
@@ -128,11 +131,29 @@ impl DeadLetter {
             }
         }
         if let Some(f) = &mut self.file {
+            // A write that fails halfway is cut back, so the next record starts on its own line.
+            let len = f.metadata().map(|m| m.len());
             if let Err(e) = f.write_all(&out).and_then(|()| f.sync_data()) {
-                tracing::error!(path = %path.display(), error = %e, "cannot write the dead-letter file");
+                if let Ok(len) = len {
+                    let _ = f.set_len(len);
+                }
+                let path = path.clone();
+                self.failed(path, &e, events.len());
             }
         }
         tracing::warn!(sink = %self.sink, events = events.len(), reason, detail, "events dead-lettered");
+    }
+
+    /// Counts a failed dead-letter write; logs it, at most once a minute.
+    fn failed(&mut self, path: PathBuf, e: &std::io::Error, events: usize) {
+        let kind = crate::telemetry::io_error_kind(e);
+        crate::telemetry::state_metrics()
+            .disk_errors
+            .with_label_values(&["dead_letter", kind])
+            .inc();
+        if let Some(suppressed) = self.errors.hit() {
+            tracing::error!(path = %path.display(), error = %e, kind, events, suppressed, "cannot write the dead-letter file: these events are only counted");
+        }
     }
 }
 

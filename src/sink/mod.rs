@@ -656,12 +656,7 @@ pub fn start(
             let (writer, pump) = disk::open(dir, name, buffer.max_bytes)
                 .map_err(|e| format!("cannot open the disk buffer under {}: {e}", dir.display()))?;
             let gone = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(pump.run(
-                tx.clone(),
-                gone.clone(),
-                abandon.clone(),
-                metrics.clone(),
-            ));
+            tokio::spawn(pump.run(tx.clone(), gone.clone(), abandon.clone(), metrics.clone()));
             (Some(writer), Some(gone.drop_guard()))
         }
     };

@@ -120,8 +120,12 @@ fn set_aside(path: &Path, empty: bool, error: &serde_json::Error) {
     let moved = std::fs::rename(path, &aside);
     let what = if empty { "empty" } else { "not valid JSON" };
     match moved {
-        Ok(()) => tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %error, "checkpoint unreadable ({what}): no position is known, files are read as new ones (per read_from); the damaged file is kept beside it"),
-        Err(e) => tracing::warn!(path = %path.display(), error = %error, rename_error = %e, "checkpoint unreadable ({what}): no position is known, files are read as new ones (per read_from); it will be overwritten at the next save"),
+        Ok(()) => {
+            tracing::warn!(path = %path.display(), moved_to = %aside.display(), error = %error, "checkpoint unreadable ({what}): no position is known, files are read as new ones (per read_from); the damaged file is kept beside it")
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %error, rename_error = %e, "checkpoint unreadable ({what}): no position is known, files are read as new ones (per read_from); it will be overwritten at the next save")
+        }
     }
 }
 

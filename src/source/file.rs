@@ -41,7 +41,8 @@
 //! restart during `rotate_wait_ms` finds it there (or in the same directory under a later name),
 //! checks its fingerprint and reads its tail. What the format cannot express: a file moved to
 //! another directory, or deleted, while weir was down; its tail is lost. The entry of a rotated
-//! file is forgotten when the file is closed.
+//! file is forgotten ten minutes after the file is closed (until then, a late notify event for
+//! it is recognised and ignored instead of reading the file again).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -278,12 +279,18 @@ struct Opened {
     file: std::fs::File,
 }
 
-/// Files opened on notify events, waiting for the tailer. Bounded: past it an event only asks
-/// for a rescan.
+/// Files opened on notify events, waiting for the tailer (each holds a descriptor).
 const OPENED_QUEUE: usize = 64;
 
 /// Directory entries examined at most when looking for a renamed file's new name.
 const MAX_DIR_ENTRIES: usize = 100_000;
+
+/// How long the checkpoint of a closed rotated file is kept: a handle notify opened for it
+/// before it was closed (still queued) then resumes at its end instead of reading it again.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// Closed rotated files whose checkpoints are kept for [`FORGET_AFTER`] at most.
+const MAX_FINISHED: usize = 10_000;
 
 /// What a tailing run shares between its steps and with notify's thread.
 struct Ctx {
@@ -423,6 +430,7 @@ impl Tail {
         let mut order: Vec<FileKey> = Vec::new();
         let mut last_scan: Option<Instant> = None;
         let mut last_save = Instant::now();
+        let mut finished: std::collections::VecDeque<(Instant, FileKey)> = Default::default();
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -430,7 +438,7 @@ impl Tail {
             // Files notify saw appear, already open: taken before the scan, which might no
             // longer find them under a selected name.
             while let Ok(o) = opened.try_recv() {
-                self.adopt(o, &mut files, &mut order, &store, &ctx);
+                self.adopt(o, &mut files, &mut order, &store, &ctx, &finished);
             }
             let notified = wake_flag.swap(false, Ordering::AcqRel);
             if notified || last_scan.is_none_or(|t| t.elapsed() >= rescan) {
@@ -466,12 +474,23 @@ impl Tail {
                     record(&mut store, key, &mut handle, &t.path, &t.acks);
                     if gone {
                         // Rotated away or deleted, read to its end and quiet since: no scan
-                        // selects it again, so its entry would only grow the store.
-                        store.forget(key);
+                        // selects it again, so its entry would only grow the store; it is
+                        // forgotten after a while.
+                        finished.push_back((Instant::now(), key));
                     }
                     tracing::info!(path = %t.path.display(), rotated = gone, "finished file");
                 }
                 order.retain(|k| *k != key);
+            }
+            while let Some(&(at, key)) = finished.front() {
+                if at.elapsed() < FORGET_AFTER && finished.len() <= MAX_FINISHED {
+                    break;
+                }
+                finished.pop_front();
+                // Unless it is followed again (renamed back under a selected name).
+                if !files.contains_key(&key) {
+                    store.forget(key);
+                }
             }
             // Save every second, and as soon as the files are idle (positions then stand still).
             let due = last_save.elapsed() >= Duration::from_secs(1)
@@ -635,20 +654,27 @@ impl Tail {
         t.state = State::Gone { deleted: false };
     }
 
-    /// Takes a file notify saw appear (already open), unless it is followed already.
+    /// Takes a file notify saw appear (already open), unless it is followed already, or is a
+    /// rotated file closed since the event (its checkpoint still recognises it).
     fn adopt(
         &self,
-        o: Opened,
+        mut o: Opened,
         files: &mut HashMap<FileKey, Tailed>,
         order: &mut Vec<FileKey>,
         store: &Store,
         ctx: &Ctx,
+        finished: &std::collections::VecDeque<(Instant, FileKey)>,
     ) {
         let key = match o.file.metadata() {
             Ok(m) => FileKey::of(&m),
             Err(e) => return ctx.io.report("stat", &o.path, &e),
         };
         if files.contains_key(&key) {
+            return;
+        }
+        if finished.iter().any(|(_, k)| *k == key)
+            && matches!(store.resume(key, &mut o.file), Ok(Some(_)))
+        {
             return;
         }
         if files.len() >= self.cfg.max_open_files {
@@ -1089,10 +1115,10 @@ impl Watch {
             pattern,
             file,
         };
-        if self.opened.try_send(opened).is_err() {
-            // The tailer is behind (or stopping): a rescan finds what still has a selected name.
-            tracing::debug!(path = %path.display(), "opened-file queue full; left to the rescan");
-        }
+        // When the tailer is behind, notify's thread waits here (the kernel queues the events
+        // meanwhile; if its queue overflows, notify reports an error and the tailer rescans):
+        // open handles stay bounded by the queue. Err: the tailer stopped.
+        let _ = self.opened.blocking_send(opened);
     }
 }
 
@@ -1101,11 +1127,10 @@ impl Watch {
 /// (see [`Watch::on_event`]).
 fn watch_dirs(patterns: &[String], watch: Watch) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        watch.on_event(res)
-    })
-    .map_err(|e| tracing::warn!(error = %e, "file notifications unavailable; polling only"))
-    .ok()?;
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| watch.on_event(res))
+            .map_err(|e| tracing::warn!(error = %e, "file notifications unavailable; polling only"))
+            .ok()?;
     for p in patterns {
         // The directory part before the first glob character.
         let literal: String = p

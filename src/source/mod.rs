@@ -60,7 +60,7 @@ pub struct StdinConfig {
     /// How this source's lines are read (`{ format = "logfmt" }`), instead of the pipeline's
     /// `[parser]`; same keys. Default: the pipeline's.
     #[serde(default)]
-    pub parser: Option<crate::parse::text::ParserConfig>,
+    pub parser: Option<crate::parse::text::SourceParserConfig>,
 }
 
 /// `type = "file"`
@@ -103,7 +103,7 @@ pub struct FileConfig {
     /// How this source's lines are read (`{ format = "logfmt" }`), instead of the pipeline's
     /// `[parser]`; same keys. Default: the pipeline's.
     #[serde(default)]
-    pub parser: Option<crate::parse::text::ParserConfig>,
+    pub parser: Option<crate::parse::text::SourceParserConfig>,
 }
 
 impl FileConfig {
@@ -154,6 +154,18 @@ pub struct TcpConfig {
     /// A client that sends nothing for this long is disconnected; 0 never. Default: 300.
     #[serde(default = "default_idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// A line must be complete within this many seconds of its first byte (time weir waits
+    /// on the pipeline does not count), or the client is cut off (`reason="slow"`), its
+    /// partial line kept flagged as cut; 0 never. Default: 30.
+    #[serde(default = "default_line_timeout_secs")]
+    pub line_timeout_secs: u64,
+    /// Bytes of partial lines all clients together may hold (past 16 KiB each); a client
+    /// that needs more is not read until some is freed (backpressure). Default: 64 MiB.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// TLS: `{ cert_file, key_file, client_ca_file, handshake_timeout_secs }`. Default: none.
+    #[serde(default)]
+    pub tls: Option<tcp::TlsConfig>,
     /// Longest line a client may send; a longer one is cut there, counted, and the client is
     /// disconnected. Default: the pipeline's `event.max_line_bytes`.
     #[serde(default)]
@@ -168,7 +180,7 @@ pub struct TcpConfig {
     /// How this source's lines are read (`{ format = "logfmt" }`), instead of the pipeline's
     /// `[parser]`; same keys. Default: the pipeline's.
     #[serde(default)]
-    pub parser: Option<crate::parse::text::ParserConfig>,
+    pub parser: Option<crate::parse::text::SourceParserConfig>,
 }
 
 impl SourceConfig {
@@ -213,6 +225,12 @@ impl SourceConfig {
                 if t.max_line_bytes == Some(0) {
                     return Err("max_line_bytes must be at least 1".into());
                 }
+                if t.max_buffered_bytes == 0 {
+                    return Err("max_buffered_bytes must be at least 1".into());
+                }
+                if let Some(tls) = &t.tls {
+                    tls.check()?;
+                }
                 Ok(())
             }
         }
@@ -225,6 +243,9 @@ impl Default for TcpConfig {
             address: default_tcp_address(),
             max_connections: default_max_connections(),
             idle_timeout_secs: default_idle_timeout_secs(),
+            line_timeout_secs: default_line_timeout_secs(),
+            max_buffered_bytes: default_max_buffered_bytes(),
+            tls: None,
             max_line_bytes: None,
             format: Format::Json,
             multiline: None,
@@ -241,6 +262,12 @@ const fn default_max_connections() -> usize {
 }
 const fn default_idle_timeout_secs() -> u64 {
     300
+}
+const fn default_line_timeout_secs() -> u64 {
+    30
+}
+const fn default_max_buffered_bytes() -> usize {
+    64 << 20
 }
 
 /// Where a line sits in its batch's buffer.
@@ -403,6 +430,8 @@ pub struct LineReader<R> {
     skip_start: u64,
     /// Bytes read in a call that returned no batch, to be counted in the next batch.
     pending_bytes: u64,
+    /// Size of one read (and of the buffer a waiting read holds).
+    read_size: usize,
 }
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
@@ -418,7 +447,15 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             consumed: 0,
             skip_start: 0,
             pending_bytes: 0,
+            read_size: READ_CHUNK,
         }
+    }
+
+    /// Reads at most `n` bytes at a time (default 128 KiB): for sources with many readers,
+    /// each of which holds its read buffer while it waits.
+    pub fn with_read_size(mut self, n: usize) -> Self {
+        self.read_size = n.max(1);
+        self
     }
 
     /// A reader that tails: at EOF, [`next_batch`](Self::next_batch) returns `None` but keeps
@@ -478,8 +515,10 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
         let mut batch = LineBatch::new(self.source.clone());
         batch.bytes_read = std::mem::take(&mut self.pending_bytes);
-        batch.buf.reserve(self.carry.len() + READ_CHUNK);
-        batch.buf.append(&mut self.carry);
+        // The carried partial line becomes the batch's buffer (moved, not copied), so a long
+        // line's allocation leaves with its batch instead of staying with the reader.
+        batch.buf = std::mem::take(&mut self.carry);
+        batch.buf.reserve(self.read_size);
         // Start of the line being read, and where the newline scan resumes.
         let mut line_start = 0usize;
         let mut scan_from = batch.buf.len();
@@ -487,7 +526,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         loop {
             if self.skipping {
                 // Read the rest of an over-long line aside; only what follows its end is kept.
-                scratch.resize(READ_CHUNK, 0);
+                scratch.resize(self.read_size, 0);
                 let n = self.inner.read(&mut scratch).await?;
                 batch.bytes_read += n as u64;
                 self.consumed += n as u64;
@@ -505,7 +544,7 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 scan_from = line_start;
             } else {
                 let len = batch.buf.len();
-                batch.buf.resize(len + READ_CHUNK, 0);
+                batch.buf.resize(len + self.read_size, 0);
                 let n = self.inner.read(&mut batch.buf[len..]).await?;
                 batch.buf.truncate(len + n);
                 batch.bytes_read += n as u64;
@@ -695,6 +734,59 @@ mod tests {
         assert_eq!(q.position(), 30);
         c.acknowledge();
         assert_eq!(q.position(), 40);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Batches of any sizes, acknowledged in any order, with `position()` read at any time
+        /// (even twice in a row, or never until the end): the checkpoint never passes the end of
+        /// the longest acknowledged run from the front, never goes back, and reaches the last
+        /// batch's end once every batch is acknowledged.
+        #[test]
+        fn checkpoint_never_passes_unacknowledged_data(
+            start in 0u64..1_000_000,
+            sizes in proptest::collection::vec(0u64..10_000, 0..40),
+            order in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 0..40),
+            peeks in proptest::collection::vec(proptest::prelude::any::<bool>(), 40),
+        ) {
+            let q = AckQueue::new(start);
+            let mut end = start;
+            let mut batches = Vec::new();
+            for s in &sizes {
+                end += s;
+                batches.push((end, q.ack_for(end), false));
+            }
+            // The ack order: a permutation of the batches from `order`, then any left.
+            let mut pending: Vec<usize> = (0..batches.len()).collect();
+            let mut acks = Vec::new();
+            for ix in &order {
+                if pending.is_empty() {
+                    break;
+                }
+                acks.push(pending.remove(ix.index(pending.len())));
+            }
+            acks.extend(pending);
+            let mut last = q.position();
+            proptest::prop_assert_eq!(last, start);
+            for (n, &i) in acks.iter().enumerate() {
+                batches[i].1.acknowledge();
+                batches[i].2 = true;
+                if !peeks[n % peeks.len()] {
+                    continue;
+                }
+                let pos = q.position();
+                let safe = batches
+                    .iter()
+                    .take_while(|b| b.2)
+                    .last()
+                    .map_or(start, |b| b.0);
+                proptest::prop_assert!(pos <= safe, "checkpoint {} past acknowledged data {}", pos, safe);
+                proptest::prop_assert_eq!(pos, safe, "every acknowledged prefix is taken");
+                proptest::prop_assert!(pos >= last, "checkpoint went back from {} to {}", last, pos);
+                last = pos;
+            }
+            proptest::prop_assert_eq!(q.position(), end);
+        }
     }
 
     #[test]

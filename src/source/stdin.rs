@@ -37,7 +37,13 @@ pub async fn run(
         reader.get_mut().set_deadline(deadline);
         let batch = tokio::select! {
             b = reader.next_batch() => b?,
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => {
+                // The held event's lines are complete: deliver them (stdin has no replay).
+                if let Some(b) = joiner.as_mut().and_then(|j| j.flush(&name)) {
+                    let _ = out.send(b).await;
+                }
+                return Ok(());
+            }
         };
         let batch = match batch {
             Some(raw) => stage(&mut decoder, &mut joiner, raw),

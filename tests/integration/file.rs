@@ -35,6 +35,19 @@ struct Tailer {
     _stderr: Receiver<String>,
 }
 
+/// A file source pipeline, for options the command line does not have.
+fn file_pipeline(dir: &Path, pattern: &Path, options: &str) -> std::path::PathBuf {
+    temp_file(
+        dir,
+        "p.toml",
+        format!(
+            "[[sources]]\ntype = \"file\"\npaths = [\"{}\"]\n{options}\n",
+            pattern.display()
+        )
+        .as_bytes(),
+    )
+}
+
 impl Drop for Tailer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -42,13 +55,24 @@ impl Drop for Tailer {
     }
 }
 
-#[allow(clippy::zombie_processes)]
 fn tail(pattern: &Path, data_dir: &Path, extra: &[&str]) -> Tailer {
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    if !extra.contains(&"--listen") {
+        args.extend(["--listen", "127.0.0.1:0"].map(Into::into));
+    }
+    args.push("--data-dir".into());
+    args.push(data_dir.into());
+    args.extend(extra.iter().map(Into::into));
+    args.push(pattern.into());
+    tail_args(&args)
+}
+
+/// `weir run --stdout ARGS...`, its stdout and stderr read on threads.
+#[allow(clippy::zombie_processes)]
+fn tail_args(args: &[std::ffi::OsString]) -> Tailer {
     let mut child = weir()
-        .args(["run", "--stdout", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .args(extra)
-        .arg(pattern)
+        .args(["run", "--stdout"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -348,4 +372,219 @@ fn a_stalled_downstream_holds_memory_bounded_with_a_million_lines_waiting() {
     );
     assert!(stalled < 64 * 1024, "RSS while stalled: {stalled} KiB");
     assert!(peak < 64 * 1024, "RSS while draining: {peak} KiB");
+}
+
+/// Opens a file for appending numbered lines, as a logging application holds its log.
+fn writer(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open for append")
+}
+
+fn write_lines(f: &mut std::fs::File, from: u64, to: u64) {
+    let buf: String = (from..to).map(line).collect();
+    f.write_all(buf.as_bytes()).expect("write");
+}
+
+/// Waits (60 s deadline) until `seq` has been delivered, collecting everything before it.
+fn collect_until(lines: &Receiver<String>, got: &mut Vec<u64>, seq: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !got.contains(&seq) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "line {seq} not delivered within 60 s");
+        if let Ok(l) = lines.recv_timeout(left.min(Duration::from_millis(500))) {
+            got.push(seq_of(&l));
+        }
+    }
+}
+
+/// Late writers: logrotate renames app.log (create mode) and the application keeps writing to
+/// the renamed file through its open handle for over a second before it reopens app.log, 20
+/// times. The glob selects only app.log, so every line after the rename comes from a file weir
+/// holds for `rotate_wait_ms` (default 5000): every line arrives exactly once, in order per
+/// file; each rename is counted as `rotated` (none as `deleted`), and the rotated files are
+/// closed once quiet.
+#[test]
+fn late_writers_to_a_rotated_file_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("app.log");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut app = writer(&live);
+    let t = tail(&live, &dir.path().join("data"), &["--listen", &addr]);
+    let (rotations, chunk, before_rename) = (20u64, 150u64, 50u64);
+    // Only once weir follows the file (and watches its directory) does rotating make sense.
+    write_lines(&mut app, 0, 1);
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, 1);
+    for r in 0..rotations {
+        let first = r * chunk;
+        // (Line `first` is already in: written as the last step of the previous round.)
+        write_lines(&mut app, first + 1, first + before_rename);
+        std::fs::rename(&live, dir.path().join(format!("app.log.{r}"))).expect("rotate");
+        let next = writer(&live);
+        // The application has not reopened yet: its lines still go to the renamed file.
+        for i in first + before_rename..first + chunk {
+            write_lines(&mut app, i, i + 1);
+            std::thread::sleep(Duration::from_millis(12));
+        }
+        app = next;
+        write_lines(&mut app, first + chunk, first + chunk + 1);
+    }
+    // The last line written (to the live file) closes the last chunk's run of numbers.
+    let total = rotations * chunk + 1;
+    collect(&t.lines, &mut got, total as usize);
+    std::thread::sleep(Duration::from_millis(500));
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    assert_exactly_once_in_order(&got, total, chunk);
+    let events = "weir_file_events_total";
+    assert_eq!(
+        metric(&addr, events, &[("event", "rotated")]),
+        rotations as f64
+    );
+    assert_eq!(metric(&addr, events, &[("event", "deleted")]), 0.0);
+    // Quiet rotated files are closed: only app.log stays open.
+    wait_for_metric(&addr, "weir_files_open", &[], 1.0);
+}
+
+/// What `rotate_wait_ms` promises and no more: a rotated file is read while it grows, and once
+/// it has been quiet for rotate_wait_ms it is closed; a line written to it after that is not
+/// read (by design, as documented). Here rotate_wait_ms = 200.
+#[test]
+fn a_write_to_a_rotated_file_after_rotate_wait_is_not_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("app.log");
+    let pipeline = file_pipeline(dir.path(), &live, "rotate_wait_ms = 200");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let data = dir.path().join("data");
+    let mut app = writer(&live);
+    let t = tail_args(&[
+        "--listen".into(),
+        addr.clone().into(),
+        "--data-dir".into(),
+        data.into(),
+        "--config".into(),
+        pipeline.into(),
+    ]);
+    write_lines(&mut app, 0, 10);
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, 10);
+    std::fs::rename(&live, dir.path().join("app.log.1")).expect("rotate");
+    let mut next = writer(&live);
+    let events = "weir_file_events_total";
+    wait_for_metric(&addr, events, &[("event", "rotated")], 1.0);
+    wait_for_metric(&addr, events, &[("event", "discovered")], 2.0);
+    // The rotated file, quiet, is closed: only the new app.log is open.
+    wait_for_metric(&addr, "weir_files_open", &[], 1.0);
+    write_lines(&mut app, 10, 11);
+    write_lines(&mut next, 11, 12);
+    collect_until(&t.lines, &mut got, 11);
+    std::thread::sleep(Duration::from_millis(500));
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    let mut want: Vec<u64> = (0..10).collect();
+    want.push(11);
+    assert_eq!(
+        got, want,
+        "line 10, written to the rotated file after it was closed, is not read"
+    );
+}
+
+/// Short-lived files: app.log is created, written and renamed to a name the glob does not
+/// select (done.N) at once, 100 times, never waiting for weir. The create and rename events
+/// open each file as they come, so every file is read from its start, even those renamed
+/// before any rescan: every line arrives exactly once, in order per file.
+#[test]
+fn files_renamed_away_before_a_rescan_are_still_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("app.log");
+    std::fs::write(&live, b"").expect("create");
+    let t = tail(&live, &dir.path().join("data"), &[]);
+    let (files, chunk) = (100u64, 20u64);
+    // The first file tells that weir follows the directory.
+    append(&live, 0, chunk);
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, chunk as usize);
+    std::fs::rename(&live, dir.path().join("done.0")).expect("rename");
+    for r in 1..files {
+        let buf: String = (r * chunk..(r + 1) * chunk).map(line).collect();
+        std::fs::write(&live, buf).expect("write");
+        std::fs::rename(&live, dir.path().join(format!("done.{r}"))).expect("rename");
+    }
+    let total = files * chunk;
+    collect(&t.lines, &mut got, total as usize);
+    std::thread::sleep(Duration::from_millis(500));
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    assert_exactly_once_in_order(&got, total, chunk);
+}
+
+/// SIGTERM while rotated files are held (rotate_wait_ms of an hour): weir stops without
+/// waiting for them, exit 0, and a restart reads the held file's late lines from its
+/// checkpoint, found under its new name, without repeating the ones already delivered.
+#[test]
+fn sigterm_with_a_rotated_file_held_and_its_tail_read_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("app.log");
+    let pipeline = file_pipeline(dir.path(), &live, "rotate_wait_ms = 3600000");
+    let data = dir.path().join("data");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        data.into(),
+        "--config".into(),
+        pipeline.into(),
+    ];
+    let mut app = writer(&live);
+    let mut t = tail_args(&args);
+    write_lines(&mut app, 0, 10);
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, 10);
+    std::fs::rename(&live, dir.path().join("app.log.1")).expect("rotate");
+    let mut next = writer(&live);
+    write_lines(&mut app, 10, 20);
+    write_lines(&mut next, 1000, 1010);
+    collect(&t.lines, &mut got, 30);
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &t.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = t.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weir still running 30 s after SIGTERM (rotate_wait_ms is an hour)"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    // The application still writes to the rotated file while weir is down, and after.
+    write_lines(&mut app, 20, 30);
+    let t = tail_args(&args);
+    collect(&t.lines, &mut got, 40);
+    write_lines(&mut app, 30, 40);
+    collect(&t.lines, &mut got, 50);
+    std::thread::sleep(Duration::from_millis(500));
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    let mut want: Vec<u64> = (0..40).chain(1000..1010).collect();
+    want.sort_unstable();
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, want, "every line once, across the restart");
 }

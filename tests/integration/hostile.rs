@@ -146,40 +146,97 @@ value = "q"
     assert!(!text.contains("NaN") && !text.contains(" +Inf\n"));
 }
 
-/// Known secrets, one per kind the issue names.
-const SECRETS: [(&str, &str); 6] = [
+/// Known secrets, one per kind the issue names: sink credentials (an Elasticsearch password, a
+/// Loki bearer token and basic-auth password, passwords inline in URLs), notifier keys
+/// (PagerDuty, SMTP, a webhook header; the Slack and webhook URLs, see [`url_secrets`]), the
+/// admin bearer token, and the web config's basic-auth password (with its bcrypt hash).
+const SECRETS: [(&str, &str); 10] = [
     ("WEIR_TEST_ES_PASSWORD", "es-password-S3CR3T-1"),
     ("WEIR_TEST_LOKI_TOKEN", "loki-token-S3CR3T-2"),
     ("WEIR_TEST_PD_KEY", "pagerduty-key-S3CR3T-3"),
-    ("WEIR_TEST_SLACK_URL", ""),
     ("", "loki-url-password-S3CR3T-5"),
     ("", "am-url-password-S3CR3T-6"),
+    ("WEIR_TEST_LOKI_PASSWORD", "loki-basic-password-S3CR3T-7"),
+    ("WEIR_TEST_SMTP_PASSWORD", "smtp-password-S3CR3T-8"),
+    ("WEIR_TEST_WEBHOOK_AUTH", "Bearer webhook-header-S3CR3T-9"),
+    ("WEIR_TEST_ADMIN_TOKEN", ADMIN_TOKEN),
+    ("", BASIC_PASSWORD),
 ];
 
-fn slack_url(dead_port: u16) -> String {
-    format!("http://127.0.0.1:{dead_port}/services/T0/B0/slack-path-S3CR3T-4")
+const ADMIN_TOKEN: &str = "admin-token-S3CR3T-10";
+/// The password of the web config's `prometheus` user; a wrong one is tried too.
+const BASIC_PASSWORD: &str = "basic-password-S3CR3T-12";
+const WRONG_PASSWORD: &str = "wrong-password-S3CR3T-13";
+const WRONG_TOKEN: &str = "wrong-token-S3CR3T-14";
+
+/// Secrets that are URLs (their path is the token): (variable, URL on the dead port).
+fn url_secrets(dead_port: u16) -> [(&'static str, String); 2] {
+    [
+        (
+            "WEIR_TEST_SLACK_URL",
+            format!("http://127.0.0.1:{dead_port}/services/T0/B0/slack-path-S3CR3T-4"),
+        ),
+        (
+            "WEIR_TEST_WEBHOOK_URL",
+            format!("http://127.0.0.1:{dead_port}/hooks/webhook-path-S3CR3T-11"),
+        ),
+    ]
 }
 
-/// Every secret string, the Slack webhook's too.
+/// Every secret string: the values, the URLs and their secret paths, the wrong credentials a
+/// client tried.
 fn secrets(dead_port: u16) -> Vec<String> {
     let mut s: Vec<String> = SECRETS
         .iter()
-        .filter(|(_, v)| !v.is_empty())
         .map(|(_, v)| v.to_string())
+        .chain(["slack-path-S3CR3T-4".into(), "webhook-path-S3CR3T-11".into()])
+        .chain([WRONG_PASSWORD.into(), WRONG_TOKEN.into()])
         .collect();
-    s.push("slack-path-S3CR3T-4".into());
-    s.push(slack_url(dead_port));
+    s.extend(url_secrets(dead_port).into_iter().map(|(_, url)| url));
     s
 }
 
 fn with_secret_env(cmd: &mut std::process::Command, dead_port: u16) {
     for (var, value) in SECRETS.iter().filter(|(var, _)| !var.is_empty()) {
-        if value.is_empty() {
-            cmd.env(var, slack_url(dead_port));
-        } else {
-            cmd.env(var, value);
-        }
+        cmd.env(var, value);
     }
+    for (var, url) in url_secrets(dead_port) {
+        cmd.env(var, url);
+    }
+}
+
+/// A request with credentials: `basic` = (user, password), or a bearer token.
+fn request(
+    method: &str,
+    url: &str,
+    query: &[(&str, &str)],
+    basic: Option<(&str, &str)>,
+    bearer: Option<&str>,
+) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::new();
+        let mut req = match method {
+            "POST" => client.post(url),
+            _ => client.get(url),
+        }
+        .query(query)
+        .timeout(Duration::from_secs(10));
+        if let Some((user, password)) = basic {
+            req = req.basic_auth(user, Some(password));
+        }
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        match req.send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            // A /tap stream that is still open when the timeout ends.
+            Err(e) => (0, e.to_string()),
+        }
+    })
 }
 
 fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
@@ -248,12 +305,12 @@ fn admin_addr(stderr: &Path) -> String {
         .expect("weir logged its addresses")
 }
 
-/// Issue 13 §4: a run configured with known secrets (an Elasticsearch password, a Loki bearer
-/// token, a PagerDuty key and a Slack webhook from the environment, passwords inline in the
-/// Loki and Alertmanager URLs) at `WEIR_LOG=trace`, with sinks that reject (dead letters) and
-/// notifiers that cannot connect (errors, retries). No secret appears in `validate
-/// --explain`, the logs, stdout, `/stats`, `/alerts`, `/metrics`, the reload answer or any
-/// file under `data_dir` (dead letters, checkpoints, alert state).
+/// Issue 13 §4: a run configured with known secrets of every kind (see [`SECRETS`]) at
+/// `WEIR_LOG=trace`, with sinks that reject (dead letters), notifiers that cannot connect
+/// (errors, retries), a web config with basic auth on the public listener, an admin bearer
+/// token, and clients that try wrong credentials. No secret appears in `validate --explain`,
+/// the logs, stdout, `/stats`, `/alerts`, `/metrics`, the reload answer, `/tap`, the 401
+/// answers or any file under `data_dir` (dead letters, checkpoints, alert state).
 #[test]
 fn no_secret_appears_in_any_output() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -297,6 +354,16 @@ dead_letter_path = '{data}/dead/loki.jsonl'
 [sinks.batch]
 max_age_ms = 100
 
+[[sinks]]
+type = "loki"
+name = "loki_basic"
+endpoint = '{loki_plain}'
+basic_auth_user = "lokiuser"
+basic_auth_password_env = "WEIR_TEST_LOKI_PASSWORD"
+dead_letter_path = '{data}/dead/loki-basic.jsonl'
+[sinks.batch]
+max_age_ms = 100
+
 [notifiers.slack]
 type = "slack"
 webhook_url_env = "WEIR_TEST_SLACK_URL"
@@ -309,12 +376,45 @@ url = "http://127.0.0.1:{dead_port}/v2/enqueue"
 [notifiers.am]
 type = "alertmanager"
 url = "{am_url}"
+
+[notifiers.mail]
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {dead_port}
+username = "alerts"
+password_env = "WEIR_TEST_SMTP_PASSWORD"
+from = "weir <alerts@example.com>"
+to = ["ops@example.com"]
+timeout_secs = 2
+
+[notifiers.hook]
+type = "webhook"
+url_env = "WEIR_TEST_WEBHOOK_URL"
+secret_headers_env = {{ Authorization = "WEIR_TEST_WEBHOOK_AUTH" }}
 "#,
         data = data.display(),
         es = es.url(),
+        loki_plain = loki.url(),
     );
     let p = temp_file(dir.path(), "secrets.toml", pipeline.as_bytes());
-    let secrets = secrets(dead_port);
+    // Cost 4: the lowest bcrypt allows, so that checking a scrape's password is quick.
+    let hash = bcrypt::hash(BASIC_PASSWORD, 4).expect("bcrypt hash");
+    let web = temp_file(
+        dir.path(),
+        "web.yml",
+        format!("basic_auth_users:\n  prometheus: '{hash}'\n").as_bytes(),
+    );
+    let mut secrets = secrets(dead_port);
+    secrets.push(hash.clone());
+    let scrape = |addr: &str, path: &str| {
+        request(
+            "GET",
+            &format!("http://{addr}{path}"),
+            &[],
+            Some(("prometheus", BASIC_PASSWORD)),
+            None,
+        )
+    };
 
     let mut explain = weir();
     explain.args(["validate", "--explain", "--config"]).arg(&p);
@@ -339,7 +439,11 @@ url = "{am_url}"
         "127.0.0.1:0",
         "--shutdown-timeout-secs",
         "3",
+        "--admin-token-env",
+        "WEIR_TEST_ADMIN_TOKEN",
     ])
+    .arg("--web-config-file")
+    .arg(&web)
     .arg("--config")
     .arg(&p)
     .env("WEIR_LOG", "trace")
@@ -363,13 +467,14 @@ url = "{am_url}"
 
     let dead_es = data.join("dead/es.jsonl");
     let dead_loki = data.join("dead/loki.jsonl");
-    wait_until("dead letters from both sinks", || {
+    let dead_loki_basic = data.join("dead/loki-basic.jsonl");
+    wait_until("dead letters from every sink", || {
         let n = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
-        n(&dead_es) >= 10 && n(&dead_loki) >= 1
+        n(&dead_es) >= 10 && n(&dead_loki) >= 1 && n(&dead_loki_basic) >= 1
     });
     wait_until("a failed attempt of every notifier", || {
-        let m = parse_exposition(&get(&addr, "/metrics").1);
-        ["slack", "pager", "am"].iter().all(|n| {
+        let m = parse_exposition(&scrape(&addr, "/metrics").1);
+        ["slack", "pager", "am", "mail", "hook"].iter().all(|n| {
             m.iter().any(|((name, labels), v)| {
                 name == "weir_alert_notification_retries_total"
                     && labels.get("notifier").map(String::as_str) == Some(*n)
@@ -378,23 +483,51 @@ url = "{am_url}"
         })
     });
     let mut answers = Vec::new();
-    for path in ["/stats", "/alerts", "/metrics", "/health", "/ready"] {
-        let at = if path == "/stats" { &admin } else { &addr };
-        let (status, body) = get(at, path);
+    for path in ["/alerts", "/metrics", "/health", "/ready"] {
+        let (status, body) = scrape(&addr, path);
+        assert_eq!(status, 200, "{path}: {body}");
         answers.push((path, status, body));
     }
-    let (_, reload) = post(&admin, "/-/reload");
+    let admin_url = |path: &str| format!("http://{admin}{path}");
+    let (status, stats) = request("GET", &admin_url("/stats"), &[], None, Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "/stats: {stats}");
+    answers.push(("/stats", status, stats));
+    let (_, reload) = request("POST", &admin_url("/-/reload"), &[], None, Some(ADMIN_TOKEN));
     answers.push(("/-/reload", 0, reload));
     // A tap sees the lines (which hold no secret), not weir's settings.
-    let tap = http_get(
-        &format!("http://{admin}/tap"),
+    let tap = request(
+        "GET",
+        &admin_url("/tap"),
         &[("filter", "message =~ \"(\"")],
+        None,
+        Some(ADMIN_TOKEN),
     );
     answers.push(("/tap", 0, format!("{tap:?}")));
+    // Wrong credentials are refused, and neither the answer nor (below) the log repeats them.
+    for (what, url, basic, bearer) in [
+        (
+            "/metrics, wrong password",
+            format!("http://{addr}/metrics"),
+            Some(("prometheus", WRONG_PASSWORD)),
+            None,
+        ),
+        (
+            "/metrics, unknown user",
+            format!("http://{addr}/metrics"),
+            Some(("admin", BASIC_PASSWORD)),
+            None,
+        ),
+        ("/stats, wrong token", admin_url("/stats"), None, Some(WRONG_TOKEN)),
+        ("/stats, no token", admin_url("/stats"), None, None),
+    ] {
+        let (status, body) = request("GET", &url, &[], basic, bearer);
+        assert_eq!(status, 401, "{what}: {body}");
+        answers.push((what, status, body));
+    }
     for (path, _, body) in &answers {
         assert_no_secret(path, body, &secrets);
     }
-    assert!(answers[1].2.contains("Hits"), "/alerts: {}", answers[1].2);
+    assert!(answers[0].2.contains("Hits"), "/alerts: {}", answers[0].2);
 
     drop(stdin);
     let _ = std::process::Command::new("kill")

@@ -10,14 +10,17 @@ mod deploy;
 mod elasticsearch;
 mod file;
 mod hostile;
+mod http;
 mod loki;
 mod multiline;
 mod parse_report;
 mod pipeline_tests;
 mod reload;
+mod state;
 #[path = "../support/mod.rs"]
 mod support;
 mod tap;
 mod tcp;
+mod text_formats;
 mod top;
 mod util;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crate::util::*;
 
 /// Writes `records` log records with Python's `logging` (the agent system's JSON format
-/// string), every third an error logged with `exc_info=True` (a chained traceback).
+/// string), every third an error logged with `exc_info=True` (a chained traceback) whose
+/// message has quotes (so its JSON line needs weir's repair).
 fn python_log(path: &Path, records: usize) {
     let script = r#"
 import json, logging, sys
@@ -31,7 +32,8 @@ for i in range(int(sys.argv[2])):
                 raise ValueError("lookup failed") from e
         except ValueError:
             md = {"trace_id": "t%d" % i, "error_type": "ValueError", "error_message": "lookup failed"}
-            log.error("Task failed", exc_info=True, extra={"metadata": json.dumps(md)})
+            # The formatter pastes the message in unescaped: its quotes break the JSON head.
+            log.error('Task failed: "lookup"', exc_info=True, extra={"metadata": json.dumps(md)})
     else:
         md = {"trace_id": "t%d" % i, "agent_id": "agent-%02d" % (i % 4), "duration": 0.5, "status": "success"}
         log.info("Task completed: success", extra={"metadata": json.dumps(md)})
@@ -66,6 +68,29 @@ when = 'level == "ERROR" && exists(exception)'
         log = log.display().to_string(),
     );
     temp_file(dir, "pipeline.toml", text.as_bytes())
+}
+
+/// A running weir's stdout, line by line.
+fn stdout_lines(w: &mut Running) -> std::sync::mpsc::Receiver<String> {
+    let out = w.child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn recv_n(rx: &std::sync::mpsc::Receiver<String>, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            rx.recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("only {i} of {n} lines"))
+        })
+        .collect()
 }
 
 fn oneshot(args: &[&str]) -> std::collections::BTreeMap<Key, f64> {
@@ -103,6 +128,14 @@ fn python_tracebacks_are_part_of_their_json_line() {
     assert_eq!(
         m[&key("weir_parse_errors_total", &[("reason", "invalid_json")])],
         0.0
+    );
+    assert_eq!(
+        m[&key(
+            "weir_parse_errors_total",
+            &[("reason", "message_unescaped")]
+        )],
+        10.0,
+        "the JSON heads are repaired, their tracebacks kept"
     );
     assert_eq!(
         m[&key(
@@ -188,15 +221,7 @@ fn a_slowly_written_file_yields_every_line_exactly_once() {
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    let out = w.child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut w);
     let json = |i: u32, level: &str| {
         format!(
             "{{\"timestamp\":\"2024-01-01 00:00:0{i},000\",\"level\":\"{level}\",\"message\":\"m{i}\",\"metadata\":{{}}}}\n"
@@ -257,15 +282,7 @@ fn stdin_emits_a_held_event_after_its_timeout() {
     let mut stdin = w.child.stdin.take().unwrap();
     stdin.write_all(RECORD.as_bytes()).unwrap();
     stdin.flush().unwrap();
-    let out = w.child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = stdout_lines(&mut w);
     let got: Vec<String> = (0..5)
         .map(|_| rx.recv_timeout(Duration::from_secs(30)).expect("a line"))
         .collect();
@@ -307,4 +324,61 @@ fn tcp_joins_per_connection() {
         metric(&w.addr, "weir_events_total", &[("source", &source)]),
         2.0
     );
+}
+
+/// A held event pins the checkpoint: after `kill -9` the restarted weir reads it again, whole,
+/// with the traceback that arrived meanwhile; no line is lost or repeated.
+#[test]
+fn kill_9_while_an_event_is_held_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    let data = dir.path().join("data");
+    let p = pipeline(
+        dir.path(),
+        &log,
+        r#"multiline = { mode = "python", timeout_ms = 3000 }"#,
+    );
+    let (head, traceback) = RECORD.split_once('\n').unwrap();
+    let first = "{\"level\":\"INFO\",\"message\":\"before\"}";
+    let last = "{\"level\":\"INFO\",\"message\":\"after\"}";
+    std::fs::write(&log, format!("{first}\n{head}\n")).unwrap();
+    let args = [
+        "--stdout",
+        "--config",
+        p.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let mut w = spawn_weir(&args);
+    let rx = stdout_lines(&mut w);
+    // `first` is complete once `head` starts the next event; `head` is held.
+    assert_eq!(recv_n(&rx, 1), [first]);
+    wait_for_metric(
+        &w.addr,
+        "weir_events_total",
+        &[("source", &log.display().to_string())],
+        1.0,
+    );
+    // The checkpoint (written when the file is idle) stops at `head`.
+    std::thread::sleep(Duration::from_millis(1200));
+    let _ = w.child.kill();
+    let _ = w.child.wait();
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "head was held"
+    );
+
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(format!("{traceback}{last}\n").as_bytes())
+        .unwrap();
+    let mut w = spawn_weir(&args);
+    let rx = stdout_lines(&mut w);
+    let want: Vec<String> = format!("{head}\n{traceback}{last}")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(recv_n(&rx, want.len()), want);
+    let source = log.display().to_string();
+    wait_for_metric(&w.addr, "weir_events_total", &[("source", &source)], 2.0);
+    assert_eq!(metric(&w.addr, "errors_with_traceback_total", &[]), 1.0);
 }

@@ -223,11 +223,17 @@ pub struct Running {
 
 /// Starts `weir run --listen 127.0.0.1:0 ARGS` with stdin piped, and waits for its address.
 /// The caller waits for the child.
-#[allow(clippy::zombie_processes)]
 pub fn spawn_weir(args: &[&str]) -> Running {
+    spawn_weir_env(args, &[])
+}
+
+/// [`spawn_weir`] with extra environment variables for weir.
+#[allow(clippy::zombie_processes)]
+pub fn spawn_weir_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = weir()
         .args(["run", "--listen", "127.0.0.1:0"])
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

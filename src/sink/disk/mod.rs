@@ -153,8 +153,8 @@ fn segments(dir: &Path) -> std::io::Result<Vec<u64>> {
 /// The saved cursor; `None` when there is none or it cannot be read (said in a warning).
 fn read_cursor(dir: &Path) -> Option<u64> {
     let path = dir.join("cursor");
-    match std::fs::read_to_string(&path) {
-        Ok(s) => match s.trim().parse() {
+    match std::fs::read(&path) {
+        Ok(b) => match std::str::from_utf8(&b).unwrap_or("").trim().parse() {
             Ok(v) => Some(v),
             Err(_) => {
                 state_metrics()
@@ -533,7 +533,9 @@ impl DiskPump {
                     *pos = next;
                     Ok(Chunk::default())
                 }
-                None => Err(std::io::Error::other("no disk buffer segment holds the cursor")),
+                None => Err(std::io::Error::other(
+                    "no disk buffer segment holds the cursor",
+                )),
             };
         };
         let next_start = segs.iter().find(|&&s| s > start).copied();

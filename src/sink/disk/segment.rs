@@ -158,10 +158,14 @@ impl SegReader {
         let want_end = off.saturating_add(n as u64).min(limit).max(off);
         let have_end = self.buf_off + self.buf.len() as u64;
         if off < self.buf_off || want_end > have_end {
-            let len = (want_end - off).max(WINDOW as u64).min(limit.saturating_sub(off));
+            let len = (want_end - off)
+                .max(WINDOW as u64)
+                .min(limit.saturating_sub(off));
             self.buf.clear();
             self.file.seek(SeekFrom::Start(off))?;
-            Read::by_ref(&mut self.file).take(len).read_to_end(&mut self.buf)?;
+            Read::by_ref(&mut self.file)
+                .take(len)
+                .read_to_end(&mut self.buf)?;
             self.buf_off = off;
         }
         let s = (off - self.buf_off) as usize;
@@ -184,7 +188,12 @@ impl SegReader {
         }
     }
 
-    pub(super) fn find_byte(&mut self, from: u64, to: u64, byte: u8) -> std::io::Result<Option<u64>> {
+    pub(super) fn find_byte(
+        &mut self,
+        from: u64,
+        to: u64,
+        byte: u8,
+    ) -> std::io::Result<Option<u64>> {
         let mut p = from;
         while p < to {
             let w = self.window(p, WINDOW, to)?;
@@ -257,8 +266,8 @@ impl SegReader {
             },
             Format::V1 => match self.find_byte(off, limit, b'\n')? {
                 Some(j) => {
-                    let line = self.window(off, (j - off) as usize, limit)?[..(j - off) as usize]
-                        .to_vec();
+                    let line =
+                        self.window(off, (j - off) as usize, limit)?[..(j - off) as usize].to_vec();
                     Ok(Step::Record(line, j + 1))
                 }
                 // A v1 segment is never the one written to: a line without its newline is torn.
@@ -270,4 +279,3 @@ impl SegReader {
         }
     }
 }
-

@@ -102,7 +102,10 @@ async fn survives_a_restart_and_resends_only_what_was_not_delivered() {
     let got = pump_once(dir.path(), 488, 488).await;
     assert_eq!(got, (512..1000).collect::<Vec<_>>());
     // A half-written record (crash mid-append) is cut when reopened.
-    let mut f = OpenOptions::new().append(true).open(seg0(dir.path())).unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(seg0(dir.path()))
+        .unwrap();
     f.write_all(b"\x1e0000004").unwrap();
     let (mut w, _p) = open(dir.path(), "s", 1 << 30).unwrap();
     w.append(&[ev(1000)]).unwrap();
@@ -126,7 +129,12 @@ async fn flipped_bytes_lose_only_the_damaged_records_and_are_counted() {
         *b ^= 0xff;
     }
     // And 16 bytes inside a record's payload further on.
-    let nl2 = nl + 20_000 + bytes[nl + 20_000..].iter().position(|&b| b == b'\n').unwrap();
+    let nl2 = nl
+        + 20_000
+        + bytes[nl + 20_000..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap();
     let later = nl2 + 30;
     for b in &mut bytes[later..later + 16] {
         *b ^= 0xff;
@@ -140,8 +148,16 @@ async fn flipped_bytes_lose_only_the_damaged_records_and_are_counted() {
     }
     let (got, _selfm, m) = drain(dir.path()).await;
     let missing: Vec<u64> = (0..2100).filter(|i| !got.contains(i)).collect();
-    assert_eq!(missing.len(), 3, "two records at the first spot, one at the second: {missing:?}");
-    assert_eq!(missing[0] + 1, missing[1], "the first spot straddles two records");
+    assert_eq!(
+        missing.len(),
+        3,
+        "two records at the first spot, one at the second: {missing:?}"
+    );
+    assert_eq!(
+        missing[0] + 1,
+        missing[1],
+        "the first spot straddles two records"
+    );
     assert_eq!(got.len(), 2097, "none twice");
     assert_eq!(m.dropped.with_label_values(&["s", "corrupt"]).get(), 3);
     assert_eq!(m.buffer_events.get(), 0);
@@ -179,7 +195,8 @@ fn a_segment_of_another_version_is_refused() {
     std::fs::write(bdir.join(segment_name(0)), b"\x1eweir-buffer v3\nwhatever").unwrap();
     let err = open(dir.path(), "s", 1 << 30).err().expect("refused");
     assert!(
-        err.to_string().contains("format v3 is not one this weir reads"),
+        err.to_string()
+            .contains("format v3 is not one this weir reads"),
         "{err}"
     );
 }
@@ -214,7 +231,10 @@ async fn a_failed_write_is_cut_back_before_the_next_append() {
     w.append(&[ev(0)]).unwrap();
     // Simulate a partial write: half a record reached the file, then the write failed.
     let committed = w.committed;
-    let mut f = OpenOptions::new().append(true).open(seg0(dir.path())).unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(seg0(dir.path()))
+        .unwrap();
     f.write_all(b"\x1e00000080deadbeef {\"id\":\"half").unwrap();
     w.torn = true;
     w.append(&[ev(1)]).unwrap();

@@ -3,6 +3,10 @@
 //! `serde_json::Value` tree (what a naive pipeline does before it even derives anything), and
 //! merely finding the line ends (the floor).
 //!
+//! A second group runs the text-format examples (`pipelines/examples/nginx-combined.toml`:
+//! regex; `logfmt.toml`: logfmt) and `nginx-json.toml` on their fixtures, repeated to 100,000
+//! lines, for the cost of a text parser against JSON on the same requests.
+//!
 //! `cargo bench --bench pipeline`
 
 use std::sync::Arc;
@@ -79,5 +83,49 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// `pipelines/examples/NAME.toml` compiled, and its fixture repeated to [`LINES`] lines.
+fn example(name: &str, fixture: &str) -> (weir::config::CompiledPipeline, Vec<LineBatch>) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/examples");
+    let cfg = root.join(format!("{name}.toml"));
+    let selfm = SelfMetrics::new();
+    let p = weir::config::load(Some(&cfg), &selfm).expect("example pipeline");
+    let one = std::fs::read(root.join("fixtures").join(fixture)).expect("fixture");
+    let lines: Vec<&[u8]> = one.split_inclusive(|&b| b == b'\n').collect();
+    let mut corpus = Vec::new();
+    for line in lines.iter().cycle().take(LINES as usize) {
+        corpus.extend_from_slice(line);
+    }
+    (p, batches(&corpus))
+}
+
+fn bench_text_formats(c: &mut Criterion) {
+    let mut g = c.benchmark_group("text_formats");
+    g.throughput(Throughput::Elements(LINES));
+    g.sample_size(10);
+    for (name, fixture) in [
+        ("nginx-combined", "nginx/access.log"),
+        ("nginx-json", "nginx/access.json.log"),
+        ("logfmt", "logfmt/app.log"),
+    ] {
+        let (_, batches) = example(name, fixture);
+        g.bench_function(format!("parse_derive_{name}"), |b| {
+            b.iter_batched(
+                || {
+                    let (p, _) = example(name, fixture);
+                    Processor::new(p.parser, p.deriver, SelfMetrics::new())
+                },
+                |mut proc| {
+                    for batch in &batches {
+                        proc.process(batch);
+                    }
+                    proc
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_text_formats);
 criterion_main!(benches);

@@ -71,9 +71,10 @@ pub struct RunArgs {
     /// Default: 0.0.0.0:$METRICS_PORT, else 0.0.0.0:9090.
     #[arg(long)]
     pub listen: Option<String>,
-    /// Address of the admin endpoints: /tap, /stats, POST /-/reload (`weir tap`, `weir top`),
-    /// or `off`. Default: $WEIR_ADMIN_LISTEN, else 127.0.0.1:9190 (this host only).
-    #[arg(long, value_name = "ADDR|off", env = "WEIR_ADMIN_LISTEN")]
+    /// Address of the admin endpoints: /tap, /stats, POST /-/reload (`weir tap`, `weir top`):
+    /// HOST:PORT, unix:/path (a socket of mode 0600) or `off`. Default: $WEIR_ADMIN_LISTEN,
+    /// else 127.0.0.1:9190 (this host only).
+    #[arg(long, value_name = "ADDR|unix:PATH|off", env = "WEIR_ADMIN_LISTEN")]
     pub admin_listen: Option<String>,
     /// The admin endpoints require `Authorization: Bearer TOKEN`, TOKEN being the value of
     /// this environment variable.
@@ -118,6 +119,10 @@ pub struct RunArgs {
     /// Forward every line to Elasticsearch (`_bulk`), e.g. http://elasticsearch:9200.
     #[arg(long, value_name = "URL")]
     pub elasticsearch: Option<String>,
+    /// Send the pipeline's spans and every line as OTLP/HTTP (protobuf) to an OpenTelemetry
+    /// collector, Tempo or Jaeger, e.g. http://collector:4318 (/v1/traces and /v1/logs added).
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
     /// Buffer of every sink: memory (default) or disk (under --data-dir; survives restarts).
     #[arg(long, value_parser = ["memory", "disk"])]
     pub buffer: Option<String>,
@@ -162,8 +167,8 @@ impl TestArgs {
 
 #[derive(Debug, Args)]
 pub struct TapArgs {
-    /// The running weir's admin address (its --admin-listen). Default: $WEIR_ADMIN_LISTEN,
-    /// else 127.0.0.1:9190.
+    /// The running weir's admin address (its --admin-listen: HOST:PORT or unix:PATH).
+    /// Default: $WEIR_ADMIN_LISTEN, else 127.0.0.1:9190.
     #[arg(long)]
     pub addr: Option<String>,
     /// Send `Authorization: Bearer TOKEN`, TOKEN being the value of this environment variable
@@ -188,8 +193,8 @@ pub struct TapArgs {
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
-    /// The running weir's admin address (its --admin-listen). Default: $WEIR_ADMIN_LISTEN,
-    /// else 127.0.0.1:9190.
+    /// The running weir's admin address (its --admin-listen: HOST:PORT or unix:PATH).
+    /// Default: $WEIR_ADMIN_LISTEN, else 127.0.0.1:9190.
     #[arg(long)]
     pub addr: Option<String>,
     /// Send `Authorization: Bearer TOKEN`, TOKEN being the value of this environment variable
@@ -606,10 +611,15 @@ fn run_health(args: &HealthArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The sinks of `--loki` and `--elasticsearch`, with every other setting at its default.
-fn cli_sinks(loki: Option<&str>, es: Option<&str>) -> anyhow::Result<Vec<crate::sink::SinkConfig>> {
+/// The sinks of `--loki`, `--elasticsearch` and `--otlp`, with every other setting at its
+/// default.
+fn cli_sinks(
+    loki: Option<&str>,
+    es: Option<&str>,
+    otlp: Option<&str>,
+) -> anyhow::Result<Vec<crate::sink::SinkConfig>> {
     let mut out = Vec::new();
-    for (kind, url) in [("loki", loki), ("elasticsearch", es)] {
+    for (kind, url) in [("loki", loki), ("elasticsearch", es), ("otlp", otlp)] {
         if let Some(url) = url {
             let text = format!("type = {kind:?}\nendpoint = {url:?}\n");
             out.push(toml::from_str(&text).with_context(|| format!("--{kind} {url}"))?);
@@ -792,7 +802,11 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         data_dir: args.data_dir,
         stdout: args.stdout,
-        sinks: cli_sinks(args.loki.as_deref(), args.elasticsearch.as_deref())?,
+        sinks: cli_sinks(
+            args.loki.as_deref(),
+            args.elasticsearch.as_deref(),
+            args.otlp.as_deref(),
+        )?,
         buffer: args.buffer.as_deref().map(|b| match b {
             "disk" => crate::sink::BufferKind::Disk,
             _ => crate::sink::BufferKind::Memory,

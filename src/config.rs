@@ -61,6 +61,9 @@ pub struct PipelineConfig {
     /// Derived metrics (`[[metrics]]`).
     #[serde(default)]
     pub metrics: Vec<MetricConfig>,
+    /// Spans derived from events (`[[spans]]`), sent by an `otlp` sink's traces.
+    #[serde(default)]
+    pub spans: Vec<crate::derive::span::SpanConfig>,
     /// Alert rules (`[[alerts]]`).
     #[serde(default)]
     pub alerts: Vec<AlertConfig>,
@@ -251,6 +254,8 @@ impl PipelineConfig {
                 message,
             )));
         }
+        let spans =
+            crate::derive::span::Spans::compile(&self.spans, &mut trie, selfm).map_err(place)?;
         let parser = self.compile_parsers(text, &trie).map_err(place)?;
         Ok(CompiledPipeline {
             origin: path.to_string(),
@@ -258,7 +263,7 @@ impl PipelineConfig {
                 .into_parser(trie)
                 .with_formats(parser.0, parser.1),
             event: self.event.clone(),
-            deriver: Deriver::new(metrics).with_feed(feed),
+            deriver: Deriver::new(metrics).with_feed(feed).with_spans(spans),
             registry,
             sources: self.sources.clone(),
             multiline: self.multiline.clone(),

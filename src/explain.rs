@@ -36,6 +36,18 @@ pub fn explain(cfg: &PipelineConfig, p: &CompiledPipeline) -> String {
             SourceConfig::Tcp(c) => writeln!(o, "  tcp {}, format {:?}", c.address, c.format),
         };
     }
+    o.push_str("parser\n");
+    let _ = writeln!(o, "  {}", cfg.parser.describe());
+    for s in &p.sources {
+        let (name, own) = match s {
+            SourceConfig::Stdin(c) => ("stdin".to_string(), &c.parser),
+            SourceConfig::File(c) => (format!("files {}", c.paths.join(" ")), &c.parser),
+            SourceConfig::Tcp(c) => (format!("tcp {}", c.address), &c.parser),
+        };
+        if let Some(own) = own {
+            let _ = writeln!(o, "  {name}: {}", own.placed(0..0).describe());
+        }
+    }
     let e = &cfg.event;
     o.push_str("event fields (first present path wins)\n");
     for (name, paths) in [
@@ -115,6 +127,7 @@ pub fn explain(cfg: &PipelineConfig, p: &CompiledPipeline) -> String {
             SinkConfig::Elasticsearch(c) => {
                 format!("elasticsearch {}", redact::urls(&c.endpoint))
             }
+            SinkConfig::Otlp(c) => format!("otlp {}", c.describe()),
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::File(c) => format!("file {}", c.path.display()),
         };

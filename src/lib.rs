@@ -3,7 +3,8 @@
 //!
 //! # Layout, in data-flow order
 //! - [`source`]: stdin, files (tailed through rotation, checkpointed), TCP; Docker/CRI
-//!   envelopes unwrapped; lines cut into batches; the bounded channel is the backpressure.
+//!   envelopes unwrapped; multi-line events (tracebacks) joined; lines cut into batches; the
+//!   bounded channel is the backpressure.
 //! - [`parse`]: line to [`event::Event`]: selective JSON capture, timestamps, levels, trace ids.
 //! - [`derive`]: `[[metrics]]` of a pipeline: conditions, labels, series limits and expiry.
 //! - [`topology`]: connects sources to the processing thread; [`shutdown`]: signals and drain.

@@ -37,7 +37,10 @@ pub struct Located {
     pub line: usize,
     pub column: usize,
     pub message: String,
+    /// The line, its URLs' userinfo redacted.
     pub source_line: String,
+    /// Column of the caret in `source_line` (differs from `column` after a redaction).
+    pub caret: usize,
 }
 
 impl fmt::Display for Located {
@@ -50,9 +53,9 @@ impl fmt::Display for Located {
             self.path,
             self.line,
             self.column,
-            self.message,
+            crate::redact::urls(&self.message),
             self.source_line,
-            " ".repeat(self.column.saturating_sub(1))
+            " ".repeat(self.caret.saturating_sub(1))
         )
     }
 }
@@ -90,14 +93,21 @@ pub fn locate(path: &str, text: &str, offset: usize, message: String) -> Located
         .unwrap_or(0);
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    // The quoted line may hold a URL with a password in it (`endpoint = "http://u:pw@h"`):
+    // errors reach logs and the reload answer, so its userinfo is redacted, and the column
+    // counted in the redacted line.
+    let line = text[line_start..line_end].trim_end_matches('\r');
+    let before = &text[line_start..offset.min(line_start + line.len())];
     Located {
         path: path.to_string(),
         line: text[..offset].matches('\n').count() + 1,
         column: text[line_start..offset].chars().count() + 1,
+        caret: crate::redact::urls(before).chars().count()
+            + text[line_start..offset].chars().count()
+            - before.chars().count()
+            + 1,
         message,
-        source_line: text[line_start..line_end]
-            .trim_end_matches('\r')
-            .to_string(),
+        source_line: crate::redact::urls(line).into_owned(),
     }
 }
 
@@ -113,6 +123,19 @@ mod tests {
         assert_eq!(
             l.to_string(),
             "p.toml:2:12: oops\n  |\n2 | name = \"é\" bad\n  |            ^"
+        );
+    }
+
+    /// A refused reload logs its error and answers it over the admin endpoint: a password
+    /// written into an endpoint URL on the quoted line must not go with it.
+    #[test]
+    fn the_quoted_line_has_its_urls_userinfo_redacted() {
+        let text = "[[sinks]]\nendpoint = \"http://u:hunter2@loki:3100\" x\n";
+        let at = text.find(" x").expect("fixture has ` x`") + 1;
+        let l = locate("p.toml", text, at, "unexpected key".into());
+        assert_eq!(
+            l.to_string(),
+            "p.toml:2:41: unexpected key\n  |\n2 | endpoint = \"http://<redacted>@loki:3100\" x\n  |                                          ^"
         );
     }
 

@@ -275,6 +275,12 @@ impl Processor {
                 }
             }
             self.deriver.apply(&ev, tick);
+            // `[[spans]]`: a span rides on the event that ends it (same acknowledgement).
+            let ends_span = if self.deriver.spans.is_empty() {
+                None
+            } else {
+                self.deriver.spans.derive(&ev).map(Arc::new)
+            };
             if want_events {
                 let id = match batch.origin {
                     // A file line: its identity is its place in the file, stable across restarts.
@@ -309,6 +315,8 @@ impl Processor {
                         .collect(),
                     source: batch.source.clone(),
                     ack: ack.clone(),
+                    received,
+                    span: ends_span,
                 });
             }
         }
@@ -649,6 +657,21 @@ pub async fn run(
         .channel_fill
         .with_label_values(&["sources_to_processor"]);
     let abandon = CancellationToken::new();
+    // The shutdown deadline runs from the signal, not from the processor's end: a processor
+    // held by a sink that cannot take events (backend down, disk full) is freed by it too.
+    let deadline = {
+        let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
+        let secs = opts.shutdown_timeout_secs;
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            tracing::warn!(
+                secs,
+                "shutdown deadline passed: sinks abandon what they hold"
+            );
+            abandon.cancel();
+        })
+    };
     let mut parts = reload::Components {
         selfm: selfm.clone(),
         adds: adds.clone(),
@@ -748,7 +771,7 @@ pub async fn run(
                 reload: reload_requests.clone(),
                 tap: tap.clone(),
             };
-            // The public and the admin listener (see server.rs for what each serves).
+            // The public and the admin listener (see server/mod.rs for what each serves).
             let serving = server::start(addr, opts.http, state, server_stop.clone()).await?;
             let admin = serving.admin.map_or("off".to_string(), |a| a.to_string());
             tracing::info!(addr = %serving.public, admin = %admin, pipeline = %origin, "serving /metrics");
@@ -867,19 +890,7 @@ pub async fn run(
     ready.store(false, Ordering::Relaxed);
     // Sinks deliver what they hold. After a signal they get shutdown_timeout_secs; at stdin's
     // end (or a oneshot's) they take the time delivery takes.
-    let deadline = {
-        let (shutdown, abandon) = (shutdown.clone(), abandon.clone());
-        let secs = opts.shutdown_timeout_secs;
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(Duration::from_secs(secs)).await;
-            tracing::warn!(
-                secs,
-                "shutdown deadline passed: sinks abandon what they hold"
-            );
-            abandon.cancel();
-        })
-    };
+    // (The deadline runs from the signal: see `deadline` above.)
     let sink_tasks = std::mem::take(&mut parts.retired).into_iter().chain(
         std::mem::take(&mut parts.sinks)
             .into_iter()

@@ -12,7 +12,7 @@ use weir::sink::HttpSink;
 fn sink() -> &'static LokiSink {
     static S: OnceLock<LokiSink> = OnceLock::new();
     S.get_or_init(|| {
-        LokiConfig::with_endpoint("http://127.0.0.1:9/loki/api/v1/push")
+        LokiConfig::with_endpoint("http://127.0.0.1:9")
             .build()
             .expect("a valid Loki config")
     })

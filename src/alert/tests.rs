@@ -459,6 +459,32 @@ expr = "count(fail_total) by (agent) over 60s > 2"
             damaged
         );
     }
+    // Well-formed but hostile: counts at u64::MAX in slots given twice. No overflow panic.
+    fn hostile(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    if k == "count" {
+                        *x = json!(u64::MAX);
+                    } else {
+                        hostile(x);
+                    }
+                }
+                if let Some(serde_json::Value::Array(a)) = m.get_mut("slots") {
+                    let copy = a.clone();
+                    a.extend(copy);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(hostile),
+            _ => {}
+        }
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(&good).unwrap();
+    hostile(&mut v);
+    assert!(v.to_string().contains(&u64::MAX.to_string()), "{v}");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let (mut e3, mut d3, _, _) = start();
+    e3.evaluate(&mut d3.feed, now + 1);
 }
 
 #[test]

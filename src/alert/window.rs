@@ -105,11 +105,13 @@ impl Window {
     /// Recomputes [`Window::total`] from the slots.
     pub fn rebuild(&mut self) {
         let mut t = Total::default();
+        // Saturating: the slots may come from a state file someone edited.
         for s in &self.slots {
-            t.count += s.count;
+            t.count = t.count.saturating_add(s.count);
             t.sum += s.sum;
             for &(i, n) in &s.sketch {
-                *t.sketch.entry(i).or_default() += u64::from(n);
+                let e = t.sketch.entry(i).or_default();
+                *e = e.saturating_add(u64::from(n));
             }
         }
         self.total = t;

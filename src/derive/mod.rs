@@ -22,6 +22,7 @@ pub mod condition;
 pub mod pair;
 pub mod remember;
 pub mod series;
+pub mod span;
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -662,6 +663,8 @@ pub struct Deriver {
     metrics: Vec<CompiledMetric>,
     /// Windows and last-seen times of the alert rules, updated on the same pass.
     pub feed: Feed,
+    /// `[[spans]]`: the span an event ends, for the OTLP sink (see [`span`]).
+    pub spans: span::Spans,
 }
 
 impl Deriver {
@@ -669,7 +672,14 @@ impl Deriver {
         Deriver {
             metrics,
             feed: Feed::default(),
+            spans: span::Spans::default(),
         }
+    }
+
+    /// Derives these spans too.
+    pub fn with_spans(mut self, spans: span::Spans) -> Self {
+        self.spans = spans;
+        self
     }
 
     pub fn with_feed(mut self, feed: Feed) -> Self {

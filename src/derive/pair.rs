@@ -113,6 +113,19 @@ impl Pairing {
         }
     }
 
+    /// For an end event: the timestamp of its start, removing the start (spans, see
+    /// `derive::span`). `None` if unmatched (counted as [`Pairing::take`] does).
+    pub fn take_start(&mut self, ev: &Event<'_>) -> Option<TimestampNs> {
+        let key = self.key.text(ev)?;
+        match self.open.remove(key.as_ref()) {
+            Some((start, _)) => Some(start),
+            None => {
+                self.counters.unmatched.inc();
+                None
+            }
+        }
+    }
+
     pub fn open_count(&self) -> usize {
         self.open.len()
     }

@@ -1,5 +1,6 @@
-//! Line to [`Event`]: JSON decoding of just the paths the pipeline uses, then normalisation of
-//! timestamp, level, component, message and trace_id.
+//! Line to [`Event`]: JSON decoding of just the paths the pipeline uses (or, with `[parser]`,
+//! logfmt/regex: see [`text`]), then normalisation of timestamp, level, component, message and
+//! trace_id.
 //!
 //! Invariants: parsing never fails and never panics. A line that is not a JSON object becomes an
 //! event whose message is the raw line; each irregularity is reported as a [`ParseIssue`], which

@@ -55,7 +55,9 @@ pub fn unescaped_message(line: &str, keys: &[String]) -> Option<String> {
             if is_object(&fixed) {
                 return Some(fixed);
             }
-            if tries == MAX_TRIES {
+            // Past a `","key":` that did not make the line whole, the damage is not in the
+            // message (a line cut short before its last `}`): going on would swallow members.
+            if tries == MAX_TRIES || is_member_boundary(&bytes[q + 1..]) {
                 break;
             }
         }
@@ -105,6 +107,24 @@ fn closes_value(rest: &[u8]) -> bool {
             skip(&mut i);
             rest.get(i) == Some(&b'"')
         }
+        _ => false,
+    }
+}
+
+/// Whether `rest` starts with `, "key":` (the next member of an object).
+fn is_member_boundary(rest: &[u8]) -> bool {
+    let text = match std::str::from_utf8(rest) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let Some(after) = text.trim_start().strip_prefix(',') else {
+        return false;
+    };
+    let Some(key) = after.trim_start().strip_prefix('"') else {
+        return false;
+    };
+    match key.find(['"', '\\']) {
+        Some(end) if key.as_bytes()[end] == b'"' => key[end + 1..].trim_start().starts_with(':'),
         _ => false,
     }
 }
@@ -179,6 +199,10 @@ mod tests {
     #[test]
     fn damage_outside_the_message_is_not_repaired() {
         for line in [
+            // Cut before the last `}`: a later quote would make it "whole" by swallowing the
+            // trace_id and metadata into the message.
+            r#"{"message": "Task retry scheduled", "trace_id": "7398", "metadata": {"error_type": "ConnectionError"}"#,
+            r#"{"message":"said "x", "y": 1","z":2"#,
             r#"{"message":"ok","metadata":{"a":1"#,
             r#"{"message":"cut "here"#,
             "Traceback (most recent call last):",

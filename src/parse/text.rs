@@ -281,6 +281,44 @@ impl ParserConfig {
     }
 }
 
+impl ParserConfig {
+    /// The chain in words, for `weir validate --explain`: `regex, then json; types status int;
+    /// lines none reads: regex_no_match; pattern ^(?P<...`.
+    pub fn describe(&self) -> String {
+        let primary = self
+            .format
+            .as_ref()
+            .map_or(FormatName::Json, |f| *f.get_ref());
+        let mut names = vec![primary.as_str()];
+        if let Some(fb) = &self.fallback {
+            names.extend(fb.get_ref().iter().map(|f| f.get_ref().as_str()));
+        }
+        let mut out = names.join(", then ");
+        if !self.types.is_empty() {
+            let types: Vec<String> = self
+                .types
+                .iter()
+                .map(|(k, v)| format!("{} {:?}", k.get_ref(), v.get_ref()).to_lowercase())
+                .collect();
+            out.push_str(&format!("; types {}", types.join(", ")));
+        }
+        out.push_str(&format!(
+            "; lines none reads: {}",
+            primary.no_match().reason()
+        ));
+        if let Some(p) = &self.pattern {
+            let cut: String = p.get_ref().chars().take(100).collect();
+            let more = if cut.len() < p.get_ref().len() {
+                "..."
+            } else {
+                ""
+            };
+            out.push_str(&format!("; pattern {cut}{more}"));
+        }
+        out
+    }
+}
+
 fn compile_regex(
     p: &Spanned<String>,
     types: &BTreeMap<Spanned<String>, Spanned<FieldType>>,

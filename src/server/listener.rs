@@ -50,6 +50,8 @@ use tokio_util::task::TaskTracker;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// How long open connections may take to finish at shutdown.
 pub const GRACE: Duration = Duration::from_secs(5);
+/// Idle connections closed at once when accepting fails for want of file descriptors.
+const EVICT_ON_EMFILE: usize = 16;
 /// How long a new connection waits for an evicted one to give its slot back.
 const EVICT_WAIT: Duration = Duration::from_secs(1);
 
@@ -160,18 +162,21 @@ impl Table {
 
     /// Closes the connection idle the longest; `false` if none is idle.
     fn evict_idle(&self) -> bool {
+        self.evict_idle_n(1) == 1
+    }
+
+    /// Closes up to `n` connections, those idle the longest first; returns how many.
+    fn evict_idle_n(&self, n: usize) -> usize {
         let conns = self.lock();
-        let victim = conns
+        let mut idle: Vec<&Arc<ConnState>> = conns
             .values()
             .filter(|c| c.in_flight.load(Ordering::Acquire) == 0 && !c.kill.is_cancelled())
-            .min_by_key(|c| c.idle_since_ms.load(Ordering::Relaxed));
-        match victim {
-            Some(c) => {
-                c.kill.cancel();
-                true
-            }
-            None => false,
+            .collect();
+        idle.sort_unstable_by_key(|c| c.idle_since_ms.load(Ordering::Relaxed));
+        for c in idle.iter().take(n) {
+            c.kill.cancel();
         }
+        idle.len().min(n)
     }
 }
 
@@ -348,13 +353,24 @@ pub async fn serve(
                     last_warning = Some(Instant::now());
                     tracing::warn!(listener = name, error = %e, "cannot accept an HTTP connection");
                 }
-                if emfile {
-                    table.evict_idle();
+                // Out of descriptors: idle connections are the cheapest to give up. A batch,
+                // so that a flood waiting in the backlog is worked through in rounds.
+                let evicted = if emfile {
+                    table.evict_idle_n(EVICT_ON_EMFILE)
+                } else {
+                    0
+                };
+                if evicted > 0 {
+                    metrics
+                        .closed
+                        .with_label_values(&[name, "evicted_idle"])
+                        .inc_by(evicted as u64);
                 }
                 // The listener stays readable while the error lasts: do not spin on it.
+                let pause = if evicted > 0 { 5 } else { 50 };
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    () = tokio::time::sleep(Duration::from_millis(pause)) => {}
                 }
                 continue;
             }

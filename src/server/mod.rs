@@ -5,7 +5,7 @@
 //!   values — what Prometheus' own `/alerts` shows anyone who can scrape it). TLS and basic
 //!   auth from `--web-config-file` ([`web_config`], the exporter-toolkit's format); `/health`
 //!   and `/ready` answer without credentials (liveness probes carry none; they tell nothing).
-//! - **Admin** (`--admin-listen`, default `127.0.0.1:9190`, `off` to disable): `/tap` (raw
+//! - **Admin** (`--admin-listen`, default `127.0.0.1:9190`, or `unix:/path`, or `off`): `/tap` (raw
 //!   log lines, see [`crate::tap`]), `/stats` (for `weir top`), `POST /-/reload`. Local by
 //!   default, as Vector's API; an optional bearer token (`--admin-token-env`). The public
 //!   listener answers 404 for these paths: no raw log line and no control there.

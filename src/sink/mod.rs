@@ -17,6 +17,7 @@ pub mod disk;
 pub mod driver;
 pub mod elasticsearch;
 pub mod loki;
+pub mod otlp;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,12 +90,22 @@ pub struct SinkEvent {
     pub source: Arc<str>,
     /// Dropped when this sink is done with the event.
     pub ack: Option<Arc<AckToken>>,
+    /// When weir read the line, nanoseconds since the epoch (OTLP's `observed_time_unix_nano`);
+    /// 0 when unknown (events of a disk buffer written before weir kept it).
+    pub received: i64,
+    /// The span this event ends (`[[spans]]`), for the `otlp` sink: it rides on its end event,
+    /// so it shares the event's acknowledgement (see [`otlp`]).
+    pub span: Option<Arc<crate::derive::span::Span>>,
 }
 
 impl SinkEvent {
     /// Approximate bytes the event adds to a request (for batch and buffer sizes).
     pub fn size(&self) -> usize {
-        self.line.len() + self.trace_id.len() + self.id.len() + 64
+        self.line.len()
+            + self.trace_id.len()
+            + self.id.len()
+            + 64
+            + self.span.as_ref().map_or(0, |s| s.size())
     }
 
     /// The event as one JSON document: the line's own fields (nested objects kept), the
@@ -434,6 +445,8 @@ pub enum SinkConfig {
     Loki(loki::LokiConfig),
     /// Elasticsearch's `_bulk` API.
     Elasticsearch(elasticsearch::ElasticsearchConfig),
+    /// OpenTelemetry's OTLP/HTTP: spans (`[[spans]]`) to `/v1/traces`, lines to `/v1/logs`.
+    Otlp(otlp::OtlpConfig),
     /// Every line to standard output, as read (`app | weir run --stdout | tee`).
     Stdout(StdoutConfig),
     /// Every line appended to a file, as read.
@@ -475,6 +488,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Loki(_) => "loki",
             SinkConfig::Elasticsearch(_) => "elasticsearch",
+            SinkConfig::Otlp(_) => "otlp",
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::File(_) => "file",
         }
@@ -484,6 +498,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Loki(c) => &c.buffer,
             SinkConfig::Elasticsearch(c) => &c.buffer,
+            SinkConfig::Otlp(c) => &c.buffer,
             SinkConfig::Stdout(c) => &c.buffer,
             SinkConfig::File(c) => &c.buffer,
         }
@@ -493,6 +508,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Loki(c) => &mut c.buffer,
             SinkConfig::Elasticsearch(c) => &mut c.buffer,
+            SinkConfig::Otlp(c) => &mut c.buffer,
             SinkConfig::Stdout(c) => &mut c.buffer,
             SinkConfig::File(c) => &mut c.buffer,
         }
@@ -505,6 +521,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Loki(c) => c.name.as_deref(),
             SinkConfig::Elasticsearch(c) => c.name.as_deref(),
+            SinkConfig::Otlp(c) => c.name.as_deref(),
             SinkConfig::Stdout(c) => c.name.as_deref(),
             SinkConfig::File(c) => c.name.as_deref(),
         }
@@ -527,6 +544,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Loki(c) => drop(c.build()?),
             SinkConfig::Elasticsearch(c) => drop(c.build()?),
+            SinkConfig::Otlp(c) => drop(c.build()?),
             SinkConfig::Stdout(_) | SinkConfig::File(_) => {}
         }
         Ok(())
@@ -562,6 +580,16 @@ impl SinkInput {
             while d.is_full() {
                 if self.when_full == WhenFull::DropNewest {
                     self.metrics.drop_events("buffer_full", n);
+                    return true;
+                }
+                if self.abandon.is_cancelled() {
+                    // Shutdown deadline with the buffer full: not stored, not acknowledged.
+                    for ev in &events {
+                        if let Some(a) = &ev.ack {
+                            a.withhold();
+                        }
+                    }
+                    self.metrics.drop_events("shutdown", n);
                     return true;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -691,6 +719,19 @@ pub fn start(
                 abandon.clone(),
             ))
         }
+        SinkConfig::Otlp(c) => {
+            let sinks = c.build()?;
+            otlp::spawn(
+                sinks,
+                rx,
+                c,
+                name,
+                selfm,
+                data_dir,
+                metrics.clone(),
+                abandon.clone(),
+            )
+        }
         SinkConfig::Stdout(_) => {
             tokio::spawn(driver::run_writer(Box::new(std::io::stdout()), rx, m, true))
         }
@@ -748,6 +789,8 @@ mod tests {
             ],
             source: Arc::from("s"),
             ack: None,
+            received: 0,
+            span: None,
         }
     }
 

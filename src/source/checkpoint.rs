@@ -4,7 +4,9 @@
 //! [`FINGERPRINT_BYTES`]), so a reused inode is recognised as a new file, not resumed. The
 //! store is written as JSON to a temporary file, fsynced, then renamed over the old one: a crash
 //! leaves either the old or the new checkpoint, never a torn one. Positions recorded are those
-//! the pipeline acknowledged (processed), never merely read. A store that cannot be parsed
+//! the pipeline acknowledged (processed), never merely read. The path of an entry is where the
+//! file was last seen: for a rotated file still being read, its new name, so that a restart can
+//! find it there (see `file.rs`). A store that cannot be parsed
 //! (garbage, empty, truncated by a failing disk) does not stop weir: it is moved aside to
 //! `*.json.corrupt`, counted, and the files are read as new ones, said in a warning.
 

@@ -318,32 +318,40 @@ fn dir_of(path: &Path) -> &Path {
     }
 }
 
-/// Looks for the file `key` among the entries of `dir` (at most [`MAX_DIR_ENTRIES`]): where a
-/// renamed file went, when logrotate kept it beside its old name.
-fn find_in_dir(dir: &Path, key: FileKey) -> std::io::Result<Option<PathBuf>> {
+/// The entries of `dir` (at most [`MAX_DIR_ENTRIES`]) by inode number: where to look for a
+/// renamed file, when logrotate kept it beside its old name.
+fn dir_index(dir: &Path) -> std::io::Result<HashMap<u64, PathBuf>> {
+    let mut out = HashMap::new();
     for entry in std::fs::read_dir(dir)?.take(MAX_DIR_ENTRIES) {
         let Ok(entry) = entry else { continue };
         #[cfg(unix)]
         {
             use std::os::unix::fs::DirEntryExt;
-            if entry.ino() != key.ino {
-                continue;
-            }
+            out.insert(entry.ino(), entry.path());
         }
-        let path = entry.path();
-        if let Ok(meta) = std::fs::symlink_metadata(&path) {
-            if meta.is_file() && FileKey::of(&meta) == key {
-                return Ok(Some(path));
-            }
-        }
+        #[cfg(not(unix))]
+        let _ = entry;
     }
-    Ok(None)
+    Ok(out)
+}
+
+/// The path in `index` that is the file `key` now (checked with `stat`), if any.
+fn find_in(index: &HashMap<u64, PathBuf>, key: FileKey) -> Option<PathBuf> {
+    let path = index.get(&key.ino)?;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    (meta.is_file() && FileKey::of(&meta) == key).then(|| path.clone())
+}
+
+/// Looks for the file `key` among the entries of `dir`.
+fn find_in_dir(dir: &Path, key: FileKey) -> std::io::Result<Option<PathBuf>> {
+    Ok(find_in(&dir_index(dir)?, key))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Live,
-    /// The path now names another file, or none: read to the end, then close.
+    /// The path now names another file, or none: read while it grows, closed after
+    /// `rotate_wait_ms` of quiet.
     Gone {
         deleted: bool,
     },
@@ -705,6 +713,7 @@ impl Tail {
         ctx: &Ctx,
         shutdown: &CancellationToken,
     ) {
+        let mut dirs: HashMap<PathBuf, HashMap<u64, PathBuf>> = HashMap::new();
         for (key, path) in store.entries() {
             if shutdown.is_cancelled() || files.len() >= self.cfg.max_open_files {
                 return;
@@ -714,7 +723,14 @@ impl Tail {
             }
             let at = match std::fs::metadata(&path) {
                 Ok(m) if FileKey::of(&m) == key => Some(path.clone()),
-                _ => find_in_dir(dir_of(&path), key).ok().flatten(),
+                _ => {
+                    // One listing per directory, however many entries point into it.
+                    let dir = dir_of(&path).to_path_buf();
+                    let index = dirs
+                        .entry(dir)
+                        .or_insert_with_key(|d| dir_index(d).unwrap_or_default());
+                    find_in(index, key)
+                }
             };
             let Some(at) = at else { continue };
             let mut handle = match std::fs::File::open(&at) {
@@ -1155,4 +1171,106 @@ fn watch_dirs(patterns: &[String], watch: Watch) -> Option<notify::RecommendedWa
         }
     }
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tail_of(pattern: &Path) -> (Tail, Ctx) {
+        let cfg = FileConfig::for_paths(vec![pattern.display().to_string()], Format::Json);
+        let selfm = SelfMetrics::new();
+        let ctx = Ctx {
+            matcher: Arc::new(Matcher::new(&cfg.paths, &cfg.exclude).unwrap()),
+            io: Arc::new(IoErrors {
+                counter: selfm.file_events_total.clone(),
+                limits: Mutex::default(),
+            }),
+        };
+        let tail = Tail {
+            cfg,
+            multiline: None,
+            data_dir: None,
+            max_line_bytes: 1000,
+            selfm,
+        };
+        (tail, ctx)
+    }
+
+    fn events(tail: &Tail, event: &str) -> u64 {
+        tail.selfm
+            .file_events_total
+            .with_label_values(&[event])
+            .get()
+    }
+
+    #[test]
+    fn renamed_is_rotated_unlinked_is_deleted_and_an_error_is_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app.log");
+        std::fs::write(&live, b"one\n").unwrap();
+        let (tail, ctx) = tail_of(&live);
+        let store = Store::open(None).unwrap();
+        let open = |path: &Path| {
+            let handle = std::fs::File::open(path).unwrap();
+            tail.open(handle, path, 0, &store, false).unwrap().1
+        };
+
+        let mut t = open(&live);
+        tail.locate(&mut t, &ctx);
+        assert_eq!(t.state, State::Live, "still at its path");
+        std::fs::rename(&live, dir.path().join("app.log.1")).unwrap();
+        std::fs::write(&live, b"new\n").unwrap();
+        tail.locate(&mut t, &ctx);
+        assert_eq!(t.state, State::Gone { deleted: false });
+        assert_eq!(
+            t.path,
+            dir.path().join("app.log.1"),
+            "its new name, found by inode"
+        );
+        assert_eq!((events(&tail, "rotated"), events(&tail, "deleted")), (1, 0));
+
+        let mut t = open(&live);
+        std::fs::remove_file(&live).unwrap();
+        tail.locate(&mut t, &ctx);
+        assert_eq!(t.state, State::Gone { deleted: true });
+        assert_eq!((events(&tail, "rotated"), events(&tail, "deleted")), (1, 1));
+
+        // A path that cannot be looked at (ENOTDIR here; EACCES, EIO alike) is no rotation.
+        std::fs::write(&live, b"again\n").unwrap();
+        let mut t = open(&live);
+        t.path = live.join("below-a-file");
+        tail.locate(&mut t, &ctx);
+        assert_eq!(t.state, State::Live);
+        assert_eq!((events(&tail, "rotated"), events(&tail, "deleted")), (1, 1));
+        assert_eq!(events(&tail, "error_other"), 1);
+    }
+
+    #[test]
+    fn a_rename_to_a_selected_name_keeps_the_file_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("app.log");
+        std::fs::write(&live, b"one\n").unwrap();
+        let (tail, ctx) = tail_of(&dir.path().join("app.log*"));
+        let store = Store::open(None).unwrap();
+        let handle = std::fs::File::open(&live).unwrap();
+        let (_, mut t) = tail.open(handle, &live, 0, &store, false).unwrap();
+        std::fs::rename(&live, dir.path().join("app.log.1")).unwrap();
+        tail.locate(&mut t, &ctx);
+        assert_eq!(t.state, State::Live);
+        assert_eq!(t.path, dir.path().join("app.log.1"));
+        assert_eq!(events(&tail, "rotated"), 1);
+    }
+
+    #[test]
+    fn notify_paths_are_matched_as_the_globs_would_list_them() {
+        let globs = ["app.log".to_string(), "/var/log/*.log".to_string()];
+        let m = Matcher::new(&globs, &["/var/log/skip.log".to_string()]).unwrap();
+        assert_eq!(m.pattern_of(Path::new("./app.log")), Some(0));
+        assert_eq!(m.pattern_of(Path::new("app.log")), Some(0));
+        assert_eq!(m.pattern_of(Path::new("./app.log.1")), None);
+        assert_eq!(m.pattern_of(Path::new("/var/log/x.log")), Some(1));
+        assert_eq!(m.pattern_of(Path::new("/var/log/sub/x.log")), None);
+        assert_eq!(m.pattern_of(Path::new("/var/log/skip.log")), None);
+    }
 }

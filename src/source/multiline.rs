@@ -42,9 +42,12 @@
 //!
 //! # Limits
 //! An event holds at most `max_lines` lines and `max_bytes` bytes (capped at the pipeline's
-//! `event.max_line_bytes`, so an event is never longer than a line may be). Further lines that
-//! continue it are still recognised as its continuation but dropped, and the event is counted
-//! once in `weir_parse_errors_total{reason="multiline_truncated"}`. At most one event is held
+//! `event.max_line_bytes`, so an event is never longer than a line may be). Its first line is
+//! always kept whole (a single line is never cut here: it is already at most
+//! `max_line_bytes`); a continuation line that would pass a limit is dropped, with every further
+//! line of the event (still recognised as its continuation, so they do not become events of
+//! their own), and the event is counted once in
+//! `weir_parse_errors_total{reason="multiline_truncated"}`. At most one event is held
 //! per source (per file, per TCP connection): memory stays bounded by `max_bytes`.
 
 use std::future::Future;
@@ -82,8 +85,10 @@ pub struct MultilineConfig {
     /// (`multiline_truncated`). Default: 500.
     #[serde(default = "default_max_lines")]
     pub max_lines: usize,
-    /// Most bytes in one event (never more than `event.max_line_bytes`); the lines past it are
-    /// dropped and counted (`multiline_truncated`). Default: 1048576 (1 MiB).
+    /// Most bytes in one event (capped at `event.max_line_bytes`): a line that would take the
+    /// event past it is dropped, with the rest of the event, and counted
+    /// (`multiline_truncated`). An event's first line is always kept whole (it is at most
+    /// `event.max_line_bytes`), so a long single line is never cut here. Default: 1048576.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: usize,
 }

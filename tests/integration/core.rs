@@ -99,6 +99,12 @@ max_line_bytes = 100
 name = "lines_total"
 kind = "counter"
 labels = { level = "level" }
+
+[[metrics]]
+name = "raw_lines_total"
+kind = "counter"
+labels = { level = "level" }
+include_unparsed = true
 "#,
     );
     let mut input = Vec::new();
@@ -147,17 +153,21 @@ labels = { level = "level" }
     assert_eq!(reason("line_truncated"), 1.0);
     assert_eq!(reason("timestamp_missing"), 2.0);
     assert_eq!(reason("timestamp_invalid"), 1.0);
-    // Every line became an event: 9 in all, by normalised level.
-    let lvl = |l: &str| {
-        m.get(&key("lines_total", &[("level", l)]))
+    // Every line became an event: 9 in all, by normalised level. The 4 lines the parser
+    // could not read feed only the metric that includes them.
+    let lvl = |name: &str, l: &str| {
+        m.get(&key(name, &[("level", l)]))
             .copied()
             .unwrap_or(0.0)
     };
-    assert_eq!(lvl("INFO"), 1.0);
-    assert_eq!(lvl("WARNING"), 1.0);
-    assert_eq!(lvl("ERROR"), 2.0);
-    assert_eq!(lvl("DEBUG"), 1.0);
-    assert_eq!(lvl("UNKNOWN"), 4.0);
+    for name in ["lines_total", "raw_lines_total"] {
+        assert_eq!(lvl(name, "INFO"), 1.0);
+        assert_eq!(lvl(name, "WARNING"), 1.0);
+        assert_eq!(lvl(name, "ERROR"), 2.0);
+        assert_eq!(lvl(name, "DEBUG"), 1.0);
+    }
+    assert_eq!(lvl("lines_total", "UNKNOWN"), 0.0);
+    assert_eq!(lvl("raw_lines_total", "UNKNOWN"), 4.0);
 }
 
 /// SIGTERM while stdin is still open: weir drains and exits 0.

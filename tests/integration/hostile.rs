@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::elasticsearch::ElasticsearchReceiver;
 use crate::support::loki::LokiReceiver;
-use crate::util::{free_port, get, http_get, parse_exposition, post, temp_file, weir};
+use crate::util::{free_port, parse_exposition, temp_file, weir};
 
 /// `weir validate` on files nested 20,000 deep (it aborted with rc 134): exit 2, and the
 /// message names the file, line and column.
@@ -189,7 +189,10 @@ fn secrets(dead_port: u16) -> Vec<String> {
     let mut s: Vec<String> = SECRETS
         .iter()
         .map(|(_, v)| v.to_string())
-        .chain(["slack-path-S3CR3T-4".into(), "webhook-path-S3CR3T-11".into()])
+        .chain([
+            "slack-path-S3CR3T-4".into(),
+            "webhook-path-S3CR3T-11".into(),
+        ])
         .chain([WRONG_PASSWORD.into(), WRONG_TOKEN.into()])
         .collect();
     s.extend(url_secrets(dead_port).into_iter().map(|(_, url)| url));
@@ -492,8 +495,35 @@ secret_headers_env = {{ Authorization = "WEIR_TEST_WEBHOOK_AUTH" }}
     let (status, stats) = request("GET", &admin_url("/stats"), &[], None, Some(ADMIN_TOKEN));
     assert_eq!(status, 200, "/stats: {stats}");
     answers.push(("/stats", status, stats));
-    let (_, reload) = request("POST", &admin_url("/-/reload"), &[], None, Some(ADMIN_TOKEN));
+    let (_, reload) = request(
+        "POST",
+        &admin_url("/-/reload"),
+        &[],
+        None,
+        Some(ADMIN_TOKEN),
+    );
     answers.push(("/-/reload", 0, reload));
+    // A refused reload quotes the line at fault, in its answer and its log line: here the one
+    // with the password inline in the Loki URL.
+    let broken = pipeline.replacen(
+        &format!("endpoint = '{loki_url}'"),
+        &format!("endpoint = '{loki_url}' x"),
+        1,
+    );
+    assert_ne!(broken, pipeline);
+    std::fs::write(&p, &broken).expect("write the broken pipeline");
+    let (status, refused) = request(
+        "POST",
+        &admin_url("/-/reload"),
+        &[],
+        None,
+        Some(ADMIN_TOKEN),
+    );
+    assert!(
+        refused.contains("<redacted>@127.0.0.1"),
+        "{status}: {refused}"
+    );
+    answers.push(("/-/reload (refused)", status, refused));
     // A tap sees the lines (which hold no secret), not weir's settings.
     let tap = request(
         "GET",
@@ -517,7 +547,12 @@ secret_headers_env = {{ Authorization = "WEIR_TEST_WEBHOOK_AUTH" }}
             Some(("admin", BASIC_PASSWORD)),
             None,
         ),
-        ("/stats, wrong token", admin_url("/stats"), None, Some(WRONG_TOKEN)),
+        (
+            "/stats, wrong token",
+            admin_url("/stats"),
+            None,
+            Some(WRONG_TOKEN),
+        ),
         ("/stats, no token", admin_url("/stats"), None, None),
     ] {
         let (status, body) = request("GET", &url, &[], basic, bearer);
@@ -560,4 +595,127 @@ secret_headers_env = {{ Authorization = "WEIR_TEST_WEBHOOK_AUTH" }}
     for (path, text) in &files {
         assert_no_secret(&path.display().to_string(), text, &secrets);
     }
+}
+
+/// Issue 13 §4, panic messages: weir installs no panic hook, so what a panic could print is its
+/// message, and messages that format a value use its `Debug`. Every built component that holds
+/// a secret (sinks, notifiers, the web config, the HTTP options) shows none in `{:?}` or
+/// `{:#?}`: tokens and passwords from the environment, nor a password written inline in a URL.
+/// The pipeline config's own `Debug` holds only variable names, but quotes inline URLs as
+/// written: it is never printed (reload compares sink configs by it, so it must keep the
+/// password to notice a changed one), and is checked here for the environment's secrets only.
+#[test]
+fn debug_output_of_components_holding_secrets_shows_none() {
+    use weir::alert::notify::NotifierConfig;
+    use weir::sink::SinkConfig;
+
+    const VARS: [(&str, &str); 7] = [
+        ("WEIR_TEST_DBG_ES_PASSWORD", "dbg-es-password-S3CR3T-a"),
+        ("WEIR_TEST_DBG_LOKI_TOKEN", "dbg-loki-token-S3CR3T-b"),
+        ("WEIR_TEST_DBG_PD_KEY", "dbg-pd-key-S3CR3T-c"),
+        (
+            "WEIR_TEST_DBG_SLACK_URL",
+            "https://hooks.slack.com/services/dbg-slack-S3CR3T-d",
+        ),
+        ("WEIR_TEST_DBG_SMTP_PASSWORD", "dbg-smtp-password-S3CR3T-e"),
+        ("WEIR_TEST_DBG_HOOK_AUTH", "Bearer dbg-hook-S3CR3T-f"),
+        (
+            "WEIR_TEST_DBG_HOOK_URL",
+            "https://hooks.example/dbg-hook-url-S3CR3T-g",
+        ),
+    ];
+    for (var, value) in VARS {
+        std::env::set_var(var, value);
+    }
+    let pipeline = r#"
+[[sinks]]
+type = "elasticsearch"
+endpoint = "http://esuser:dbg-es-url-S3CR3T-h@127.0.0.1:9200"
+username = "elastic"
+password_env = "WEIR_TEST_DBG_ES_PASSWORD"
+
+[[sinks]]
+type = "loki"
+endpoint = "http://lokiuser:dbg-loki-url-S3CR3T-i@127.0.0.1:3100"
+bearer_token_env = "WEIR_TEST_DBG_LOKI_TOKEN"
+
+[notifiers.slack]
+type = "slack"
+webhook_url_env = "WEIR_TEST_DBG_SLACK_URL"
+
+[notifiers.pager]
+type = "pagerduty"
+routing_key_env = "WEIR_TEST_DBG_PD_KEY"
+
+[notifiers.am]
+type = "alertmanager"
+url = "http://amuser:dbg-am-url-S3CR3T-j@127.0.0.1:9093"
+
+[notifiers.mail]
+type = "email"
+smtp_host = "127.0.0.1"
+username = "alerts"
+password_env = "WEIR_TEST_DBG_SMTP_PASSWORD"
+from = "weir <alerts@example.com>"
+to = ["ops@example.com"]
+
+[notifiers.hook]
+type = "webhook"
+url_env = "WEIR_TEST_DBG_HOOK_URL"
+secret_headers_env = { Authorization = "WEIR_TEST_DBG_HOOK_AUTH" }
+"#;
+    let cfg = weir::PipelineConfig::parse("dbg.toml", pipeline).expect("parses");
+    let config_debug = format!("{cfg:?}");
+    for (_, value) in VARS {
+        assert!(
+            !config_debug.contains(value),
+            "pipeline config shows {value}"
+        );
+    }
+    let mut shown = Vec::new();
+    for s in &cfg.sinks {
+        let built = match s {
+            SinkConfig::Elasticsearch(c) => format!("{:?}", c.build().expect("es builds")),
+            SinkConfig::Loki(c) => format!("{:#?}", c.build().expect("loki builds")),
+            other => panic!("unexpected sink {other:?}"),
+        };
+        shown.push((format!("sink {}", s.kind()), built));
+    }
+    for (name, n) in &cfg.notifiers {
+        let built = NotifierConfig::build(n).expect("notifier builds");
+        shown.push((format!("notifier {name}"), format!("{built:?} {built:#?}")));
+    }
+    let hash = bcrypt::hash("dbg-basic-S3CR3T-k", 4).expect("bcrypt");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let web = temp_file(
+        dir.path(),
+        "web.yml",
+        format!("basic_auth_users:\n  prometheus: '{hash}'\n").as_bytes(),
+    );
+    let web = weir::server::web_config::WebConfig::load(&web).expect("web config loads");
+    shown.push(("web config".into(), format!("{web:?}")));
+    let opts = weir::server::HttpOptions {
+        web,
+        admin_token: Some(std::sync::Arc::new(weir::server::auth::BearerToken::new(
+            "dbg-admin-S3CR3T-l",
+        ))),
+        ..Default::default()
+    };
+    shown.push(("http options".into(), format!("{opts:?}")));
+    let leaks: Vec<String> = shown
+        .iter()
+        .filter(|(_, text)| text.contains("S3CR3T") || text.contains(&hash))
+        .map(|(what, text)| {
+            let found: Vec<&str> = text
+                .split(|c: char| c == '"' || c == ' ' || c == '@' || c == '/' || c == ':')
+                .filter(|w| w.contains("S3CR3T"))
+                .collect();
+            format!("{what}: {found:?}")
+        })
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "secrets in Debug output:\n{}",
+        leaks.join("\n")
+    );
 }

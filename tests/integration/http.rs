@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::{
     free_port, get, have_tool, http_get, metric, parse_exposition, post, spawn_weir,
-    spawn_weir_env, spawn_weir_logging, temp_file, wait_for_metric, weir, Running,
+    spawn_weir_env, temp_file, wait_for_metric, weir, Running,
 };
 
 /// Closes weir's stdin and waits for a clean exit.
@@ -85,10 +85,10 @@ fn the_public_listener_has_no_tap_stats_or_reload_and_the_clients_find_the_admin
 
 #[test]
 fn the_admin_listener_can_be_off_and_can_require_a_token() {
-    let (w, _) = spawn_weir_logging(&["--admin-listen", "off"], &[]);
+    let w = spawn_weir(&["--admin-listen", "off"]);
     assert_eq!(w.admin, "", "no admin listener");
     assert_eq!(get(&w.addr, "/health").0, 200);
-    drop(w);
+    stop(w);
 
     let mut run = weir();
     run.args([
@@ -131,6 +131,47 @@ fn the_admin_listener_can_be_off_and_can_require_a_token() {
     stop(w);
 }
 
+/// `--admin-listen unix:PATH`: a socket only weir's user may use (0600), which `weir top` and
+/// `weir tap` reach with `--addr unix:PATH`, and which is gone when weir exits.
+#[test]
+fn the_admin_listener_on_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("admin.sock");
+    let flag = format!("unix:{}", sock.display());
+    let mut w = spawn_weir(&["--admin-listen", &flag]);
+    assert_eq!(w.admin, flag);
+    let mode = std::fs::metadata(&sock)
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = weir()
+        .args(["top", "--addr", &flag, "--count", "1"])
+        .output()
+        .expect("run weir top");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tap = weir()
+        .args(["tap", "--addr", &flag, "--limit", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn weir tap");
+    wait_for_metric(&w.addr, "weir_taps_active", &[], 1.0);
+    writeln!(
+        w.child.stdin.as_mut().expect("stdin"),
+        r#"{{"message":"over the socket"}}"#
+    )
+    .expect("write");
+    let out = tap.wait_with_output().expect("tap output");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("over the socket"));
+    stop(w);
+    assert!(!sock.exists(), "the socket is removed at exit");
+}
+
 /// The number of open file descriptors of a process (Linux).
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -170,6 +211,82 @@ fn an_idle_flood_neither_exhausts_fds_nor_locks_out_health() {
         .sum::<f64>();
     assert!(evicted >= 1_000.0, "evicted {evicted}");
     drop(idle);
+    stop(w);
+}
+
+/// With `nofile` at 128, 600 idle connections exhaust weir's descriptors: accepting fails with
+/// EMFILE, which is counted and makes room by closing idle connections, so /health answers.
+#[test]
+fn out_of_file_descriptors_idle_connections_make_room() {
+    use std::io::BufRead;
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=128:128", "--", env!("CARGO_BIN_EXE_weir")])
+        .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir under prlimit");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("weir logs its address");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if v["fields"]["message"] == "serving /metrics" {
+            break v["fields"]["addr"].as_str().expect("addr").to_string();
+        }
+    };
+    let w = Running {
+        child,
+        addr,
+        admin: String::new(),
+        _stderr_lines: rx,
+    };
+    let idle: Vec<TcpStream> = (0..600)
+        .filter_map(|_| TcpStream::connect(&w.addr).ok())
+        .collect();
+    assert!(idle.len() >= 500, "only {} connections", idle.len());
+    let (status, body) = get(&w.addr, "/health");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let emfile = metric(
+        &w.addr,
+        "weir_http_accept_errors_total",
+        &[("listener", "public"), ("kind", "too_many_open_files")],
+    );
+    assert!(emfile >= 1.0, "EMFILE counted: {emfile}");
+    drop(idle);
+    stop(w);
+}
+
+/// A request head over 16 KiB is answered 431, not buffered.
+#[test]
+fn a_huge_request_head_is_refused() {
+    let w = spawn_weir(&[]);
+    let mut s = TcpStream::connect(&w.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let head = format!(
+        "GET /metrics HTTP/1.1\r\nHost: weir\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(32 * 1024)
+    );
+    // weir may close before taking it all; what it answered is what counts.
+    let _ = s.write_all(head.as_bytes());
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
     stop(w);
 }
 
@@ -251,29 +368,34 @@ fn a_tap_that_never_reads_is_dropped() {
         .write_all(b"GET /tap?rate=1000 HTTP/1.1\r\nHost: weir\r\n\r\n")
         .expect("request");
     wait_for_metric(&w.addr, "weir_taps_active", &[], 1.0);
-    // Big lines, as fast as weir takes them, until the tap is gone.
+    // Big lines, about 6 MB/s (more than the socket buffers hold within seconds, without
+    // taking every core), until the tap is gone.
     let mut stdin = w.child.stdin.take().expect("stdin");
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let done = done.clone();
         std::thread::spawn(move || {
             let line = format!("{{\"message\":\"{}\"}}\n", "x".repeat(16 * 1024));
-            while !done.load(Ordering::Relaxed) {
-                if stdin.write_all(line.as_bytes()).is_err() {
-                    break;
+            'feed: while !done.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    if stdin.write_all(line.as_bytes()).is_err() {
+                        break 'feed;
+                    }
                 }
+                std::thread::sleep(Duration::from_millis(160));
             }
             drop(stdin);
         })
     };
     wait_for_metric(&w.addr, "weir_taps_active", &[], 0.0);
-    done.store(true, Ordering::Relaxed);
-    writer.join().expect("writer");
+    // Read while stdin is open: weir exits once it closes.
     let stalled = metric(
         &w.addr,
         "weir_http_connections_closed_total",
         &[("listener", "admin"), ("reason", "write_stalled")],
     );
+    done.store(true, Ordering::Relaxed);
+    writer.join().expect("writer");
     assert_eq!(stalled, 1.0);
     drop(client);
     assert!(w.child.wait().expect("wait").success());

@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod loki;
 mod multiline;
+mod otlp;
 mod parse_report;
 mod pipeline_tests;
 mod reload;

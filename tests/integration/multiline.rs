@@ -382,3 +382,67 @@ fn kill_9_while_an_event_is_held_loses_and_repeats_nothing() {
     wait_for_metric(&w.addr, "weir_events_total", &[("source", &source)], 2.0);
     assert_eq!(metric(&w.addr, "errors_with_traceback_total", &[]), 1.0);
 }
+
+/// The spec receivers get one entry / one document per event: Loki the whole text with its
+/// newlines, Elasticsearch a valid document of the JSON head with the traceback as `exception`.
+#[test]
+fn sinks_get_the_joined_event() {
+    use crate::support::elasticsearch::ElasticsearchReceiver;
+    use crate::support::loki::LokiReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("app.log");
+    python_log(&log, 3);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let loki = LokiReceiver::start();
+    let es = ElasticsearchReceiver::start();
+    let out = weir()
+        .args(["run", "--oneshot", "--multiline", "python"])
+        .args(["--loki", &loki.url(), "--elasticsearch", &es.url()])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run weir");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries = loki.wait_for_entries(3, Duration::from_secs(30));
+    assert_eq!(entries.len(), 3);
+    // The error's JSON head as weir repaired it (its message re-escaped).
+    let want = text.replace(r#""Task failed: "lookup"""#, r#""Task failed: \"lookup\"""#);
+    let lines: Vec<&str> = entries.iter().map(|e| e.line.as_str()).collect();
+    for l in &lines {
+        assert!(want.contains(&format!("{l}\n")), "{l}");
+    }
+    let shipped: usize = lines.iter().map(|l| l.len() + 1).sum();
+    assert_eq!(
+        shipped,
+        want.len(),
+        "every line once, the tracebacks inside"
+    );
+    let error = lines
+        .iter()
+        .find(|l| l.contains("ERROR"))
+        .expect("the error event");
+    assert!(
+        error.contains("\nTraceback (most recent call last):\n"),
+        "{error}"
+    );
+    let docs = es.wait_for_docs(3, Duration::from_secs(30));
+    assert_eq!(docs.len(), 3);
+    let with_exception: Vec<_> = docs
+        .iter()
+        .filter(|d| d.source.get("exception").is_some())
+        .collect();
+    assert_eq!(with_exception.len(), 1, "{docs:#?}");
+    let doc = &with_exception[0].source;
+    assert_eq!(doc["level"], "ERROR");
+    assert_eq!(doc["metadata"]["error_type"], "ValueError");
+    let exception = doc["exception"].as_str().unwrap();
+    assert!(exception.starts_with("Traceback (most recent call last):\n"));
+    assert!(
+        exception.ends_with("ValueError: lookup failed"),
+        "{exception}"
+    );
+}

@@ -445,3 +445,53 @@ fn corrupt_checkpoint_and_cursor_files_are_reported_and_nothing_is_lost() {
     // lines spawn_weir reads past; its count above says it was met.
     assert!(checkpoint.with_extension("json.corrupt").exists());
 }
+
+/// SIGTERM while the disk buffer cannot be written (a full tmpfs, the backend down): weir
+/// stops within its shutdown deadline instead of retrying the write for ever.
+#[test]
+fn sigterm_on_a_full_disk_stops_within_the_deadline() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let Some(_mounted) = tmpfs(&data, "2m") else {
+        return;
+    };
+    let rx = LokiReceiver::start();
+    rx.refuse_connections_for(Duration::from_secs(3600));
+    let url = rx.url();
+    let data_arg = data.display().to_string();
+    let mut w = spawn_weir(&[
+        "--loki",
+        &url,
+        "--buffer",
+        "disk",
+        "--shutdown-timeout-secs",
+        "2",
+        "--data-dir",
+        &data_arg,
+    ]);
+    let mut stdin = w.child.stdin.take().expect("stdin");
+    // weir stops reading once the disk is full: write from a thread that may block.
+    let writer = std::thread::spawn(move || {
+        for i in 0..100u64 {
+            if stdin
+                .write_all(lines(i * 1000, (i + 1) * 1000).as_bytes())
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let errors = [("file", "disk_buffer"), ("kind", "enospc")];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(&w.addr, "weir_disk_errors_total", &errors) < 1.0 {
+        assert!(Instant::now() < deadline, "no ENOSPC reported");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &w.child.id().to_string()])
+        .status();
+    assert!(kill.expect("kill").success());
+    let status = wait_exit(&mut w.child, Duration::from_secs(15));
+    assert!(status.code().is_some(), "exited, not killed: {status:?}");
+    let _ = writer.join();
+}

@@ -634,8 +634,8 @@ fn tls_clients_deliver_every_line_and_plaintext_is_refused() {
     );
 }
 
-/// With `client_ca_file`, a client without a certificate is refused (its lines never arrive)
-/// and one with a certificate from that CA is served.
+/// With `client_ca_file`, a client without a certificate, or with one from another CA, is
+/// refused (its lines never arrive) and one with a certificate from that CA is served.
 #[test]
 fn tls_with_a_client_ca_requires_client_certificates() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -659,6 +659,26 @@ fn tls_with_a_client_ca_requires_client_certificates() {
         &[("reason", "tls_error")],
         1.0,
     );
+    // A certificate from another CA is refused as well.
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    let other = make_pki(other_dir.path());
+    let stranger = Pki {
+        ca: pki.ca.clone(),
+        server_cert: pki.server_cert.clone(),
+        server_key: pki.server_key.clone(),
+        client_chain: other.client_chain,
+        client_key: other.client_key,
+    };
+    let mut untrusted = tls_client(&stranger, &tcp, true);
+    let _ = untrusted.write_all(b"{\"message\":\"untrusted\",\"client\":8}\n");
+    let _ = untrusted.flush();
+    assert_ends(&mut untrusted);
+    wait_for_metric(
+        &w.addr,
+        "weir_tcp_disconnects_total",
+        &[("reason", "tls_error")],
+        2.0,
+    );
     let mut ok = tls_client(&pki, &tcp, true);
     ok.write_all(b"{\"message\":\"signed\",\"client\":1}\n")
         .expect("tls write");
@@ -666,6 +686,7 @@ fn tls_with_a_client_ca_requires_client_certificates() {
     let m = scrape_when_processed(&w.addr, 1.0);
     assert_eq!(m[&key("lines_total", &[("client", "1")])], 1.0);
     assert_eq!(m.get(&key("lines_total", &[("client", "9")])), None);
+    assert_eq!(m.get(&key("lines_total", &[("client", "8")])), None);
 }
 
 /// The connection cap holds before TLS completes: a client that opens TCP and never says hello

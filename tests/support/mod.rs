@@ -6,5 +6,6 @@
 
 pub mod elasticsearch;
 pub mod loki;
+pub mod otlp;
 pub mod server;
 pub mod webhook;

@@ -47,10 +47,18 @@ impl AlertmanagerConfig {
     }
 }
 
-/// A built Alertmanager notifier.
-#[derive(Debug)]
+/// A built Alertmanager notifier. Its `Debug` redacts the URL's userinfo (a password may be
+/// written inline).
 pub struct AlertmanagerNotifier {
     url: String,
+}
+
+impl std::fmt::Debug for AlertmanagerNotifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertmanagerNotifier")
+            .field("url", &crate::redact::urls(&self.url))
+            .finish()
+    }
 }
 
 impl AlertmanagerNotifier {

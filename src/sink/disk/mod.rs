@@ -72,6 +72,15 @@ struct Record {
     #[serde(default)]
     attrs: Vec<(String, String)>,
     source: String,
+    /// Added with the OTLP sink; records written before it read as 0 / none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    received: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    span: Option<crate::derive::span::Span>,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl Record {
@@ -87,6 +96,8 @@ impl Record {
             is_json: e.is_json,
             attrs: e.attrs.clone(),
             source: e.source.to_string(),
+            received: e.received,
+            span: e.span.as_deref().cloned(),
         }
     }
 
@@ -103,6 +114,8 @@ impl Record {
             attrs: self.attrs,
             source: Arc::from(self.source),
             ack: None,
+            received: self.received,
+            span: self.span.map(Arc::new),
         }
     }
 }

@@ -14,6 +14,8 @@ fn ev(i: u64) -> SinkEvent {
         attrs: vec![("stream".into(), "stdout".into())],
         source: Arc::from("test"),
         ack: None,
+        received: 0,
+        span: None,
     }
 }
 

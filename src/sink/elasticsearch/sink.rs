@@ -16,8 +16,8 @@ const MAX_BODY_REASON_CHARS: usize = 200;
 /// quote a preview of the offending value).
 const MAX_ITEM_REASON_CHARS: usize = 1000;
 
-/// The built sink: encodes batches as bulk requests and reads Elasticsearch's answers.
-#[derive(Debug)]
+/// The built sink: encodes batches as bulk requests and reads Elasticsearch's answers. Its
+/// `Debug` shows no secret: `auth` is a [`Secret`], the URL's userinfo is redacted.
 pub struct ElasticsearchSink {
     pub(super) url: String,
     pub(super) index: IndexName,
@@ -28,6 +28,19 @@ pub struct ElasticsearchSink {
     pub(super) auth: Option<Secret>,
     /// Documents answered 409 (already indexed: a resend), counted as delivered.
     conflicts: AtomicU64,
+}
+
+impl std::fmt::Debug for ElasticsearchSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ElasticsearchSink")
+            .field("url", &crate::redact::urls(&self.url))
+            .field("index", &self.index)
+            .field("compression", &self.compression)
+            .field("headers", &self.headers)
+            .field("auth", &self.auth)
+            .field("conflicts", &self.conflicts)
+            .finish()
+    }
 }
 
 impl ElasticsearchSink {

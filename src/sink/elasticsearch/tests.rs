@@ -61,6 +61,8 @@ fn event(id: &str, ts: i64, line: &str) -> SinkEvent {
         attrs: Vec::new(),
         source: Arc::from("stdin"),
         ack: None,
+        received: 0,
+        span: None,
     }
 }
 

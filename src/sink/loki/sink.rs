@@ -13,8 +13,9 @@ use crate::sink::{HttpSink, Outcome, Request, SinkEvent};
 /// Longest reason taken from a response body, in characters.
 const MAX_REASON_CHARS: usize = 200;
 
-/// The built sink: encodes batches as Loki push requests and reads Loki's answers.
-#[derive(Debug, Clone)]
+/// The built sink: encodes batches as Loki push requests and reads Loki's answers. Its `Debug`
+/// shows no secret: `auth` is a [`Secret`], the URL's userinfo is redacted.
+#[derive(Clone)]
 pub struct LokiSink {
     pub(super) url: String,
     pub(super) encoding: LokiEncoding,
@@ -25,6 +26,19 @@ pub struct LokiSink {
     pub(super) headers: Vec<(String, String)>,
     /// The whole `Authorization` value.
     pub(super) auth: Option<Secret>,
+}
+
+impl std::fmt::Debug for LokiSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LokiSink")
+            .field("url", &crate::redact::urls(&self.url))
+            .field("encoding", &self.encoding)
+            .field("labels", &self.labels)
+            .field("metadata", &self.metadata)
+            .field("headers", &self.headers)
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 /// One stream of a request: its labels and its events, sorted by timestamp.

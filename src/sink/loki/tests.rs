@@ -57,6 +57,8 @@ fn event(ts: i64, line: &str, component: Option<&str>, level: Level, trace: &str
         attrs: Vec::new(),
         source: Arc::from("stdin"),
         ack: None,
+        received: 0,
+        span: None,
     }
 }
 

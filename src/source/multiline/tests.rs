@@ -269,6 +269,8 @@ fn a_joined_json_event_is_one_valid_document_with_its_exception() {
         attrs: Vec::new(),
         source: "t".into(),
         ack: None,
+        received: 0,
+        span: None,
     };
     let mut body = Vec::new();
     ev.write_document(&mut body).unwrap();
@@ -309,4 +311,38 @@ async fn a_silent_stream_gives_up_its_held_event_at_the_deadline() {
     assert!(r.next_batch().await.unwrap().is_none());
     assert!(!r.get_mut().take_tick());
     assert!(r.get_mut().at_end());
+}
+
+#[test]
+fn every_source_type_takes_multiline_and_checks_it() {
+    #[derive(Deserialize)]
+    struct T {
+        sources: Vec<crate::source::SourceConfig>,
+    }
+    let t: T = toml::from_str(
+        r#"
+[[sources]]
+type = "stdin"
+multiline = { mode = "python" }
+[[sources]]
+type = "file"
+paths = ["/var/log/app/*.log"]
+multiline = { start = '^\{', continuation = '^\s', timeout_ms = 1000, max_lines = 500, max_bytes = 65536 }
+[[sources]]
+type = "tcp"
+multiline = { mode = "java", max_lines = 50 }
+"#,
+    )
+    .unwrap();
+    for s in &t.sources {
+        assert!(s.multiline().is_some());
+        s.check().unwrap();
+    }
+    let t: T = toml::from_str("[[sources]]\ntype = \"tcp\"\nmultiline = { continuation = '[' }\n")
+        .unwrap();
+    let e = t.sources[0].check().unwrap_err();
+    assert!(
+        e.starts_with("multiline.continuation: invalid regex"),
+        "{e}"
+    );
 }

@@ -5,6 +5,7 @@
   receiver.py elasticsearch PORT   answers a _bulk response with one 201 item per action
   receiver.py down PORT SECONDS    accepts nothing for SECONDS, then behaves like loki
   receiver.py hook PORT            answers 200 to any POST (a webhook notifier's endpoint)
+  receiver.py otlp PORT            answers 200 (an empty OTLP export response) to any POST
   receiver.py hang PORT            reads each request and never answers
 
 Each prints the number of requests and body bytes received to stderr when stopped."""
@@ -45,6 +46,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif kind == "hook":
             out = b""
             self.send_response(200)
+        elif kind == "otlp":
+            # An empty Export*ServiceResponse: full success, no partial_success.
+            out = b""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
         else:
             out = b""
             self.send_response(204)

@@ -32,7 +32,7 @@ pub const DEFAULT_PIPELINE: &str = include_str!("../pipelines/agents.toml");
 pub const DEFAULT_PIPELINE_NAME: &str = "<embedded pipelines/agents.toml>";
 
 /// A pipeline file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Where the event fields come from (`[event]`).

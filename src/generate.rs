@@ -2,12 +2,18 @@
 //!
 //! Same count, seed and malformed rate give byte-identical output, so tests and benchmarks can
 //! compute the exact metrics they expect. The shape follows the agent-orchestration system:
-//! "Task started" / "Task completed" pairs (15% failures, with an error type and a log-normal
+//! "Task started" / "Task completed" pairs (a few failures, with an error type, and a log-normal
 //! duration), "Queue depth" reports, and noise from every component. `--malformed-rate` mixes in
 //! truncated JSON and plain-text lines (tracebacks, panics). `--live` stamps lines with the
 //! current time and `--rate` paces them, to feed a demo stack. `--incidents` plays a schedule of
-//! incidents (a failure burst, a queue backlog, slow tasks, a silent component) over a quiet
+//! incidents (a failure burst, a queue backlog, slow tasks, a silent component) over the same
 //! baseline, one for each alert of the default pipeline.
+//!
+//! The baseline is healthy: no alert of the default pipeline fires unless an incident is played.
+//! At `--rate 500` about 110 tasks complete per second, 5.5 per agent, so 1,650 per agent in
+//! AgentTaskFailures' 5-minute window; [`BASELINE_FAILURE_RATE`] keeps the expected failures of
+//! one agent there under 1 (the rule fires at 6). Queue depths stay ≤ [`BASELINE_MAX_DEPTH`],
+//! well under QueueBacklog's 100.
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -46,6 +52,10 @@ const GARBAGE: [&str; 5] = [
     "Killed",
     "",
 ];
+/// Fraction of tasks that fail outside an incident (see the module docs for the arithmetic).
+pub const BASELINE_FAILURE_RATE: f64 = 0.0005;
+/// Highest queue depth reported outside an incident.
+pub const BASELINE_MAX_DEPTH: u32 = 80;
 /// 2024-01-01T00:00:00.000Z, the first timestamp of a non-live run.
 const START_MS: i64 = 1_704_067_200_000;
 
@@ -67,8 +77,8 @@ pub struct DemoOptions {
 
 /// The incident schedule of `--incidents`, in seconds into each 40-minute cycle of the log's
 /// clock (event time; with `--live`, wall time since start). Each incident trips one of the
-/// default pipeline's alerts; around them the system is quiet (0.2% failures, queues ≤ 80), so
-/// nothing else fires.
+/// default pipeline's alerts; around them the system is quiet ([`BASELINE_FAILURE_RATE`] of
+/// failures, queues ≤ [`BASELINE_MAX_DEPTH`]), so nothing else fires.
 pub mod incidents {
     /// Length of the cycle.
     pub const CYCLE: i64 = 2400;
@@ -144,10 +154,8 @@ pub fn demo_logs(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<()> {
             let (tid, agent, task) = open.swap_remove(i);
             let fail_rate = if inc(incidents::BURST) && agent == incidents::BURST_AGENT {
                 1.0
-            } else if opts.incidents {
-                0.002
             } else {
-                0.15
+                BASELINE_FAILURE_RATE
             };
             let slow = inc(incidents::SLOW);
             let (level, md) = if r.random::<f64>() < fail_rate {
@@ -176,12 +184,10 @@ pub fn demo_logs(opts: &DemoOptions, out: &mut dyn Write) -> io::Result<()> {
                    "message": "Task completed", "trace_id": tid, "metadata": md})
         } else if x < 0.60 {
             let queue = *QUEUES.choose(&mut r).expect("non-empty");
-            let depth = if !opts.incidents {
-                r.random_range(0..=250)
-            } else if inc(incidents::BACKLOG) && queue == incidents::BACKLOG_QUEUE {
+            let depth = if inc(incidents::BACKLOG) && queue == incidents::BACKLOG_QUEUE {
                 r.random_range(150..=250)
             } else {
-                r.random_range(0..=80)
+                r.random_range(0..=BASELINE_MAX_DEPTH)
             };
             json!({"timestamp": ts, "level": "DEBUG", "component": "SchedulerService",
                    "message": "Queue depth", "trace_id": uuid4(&mut r),
@@ -322,6 +328,48 @@ mod tests {
             "{}",
             lines[0]
         );
+    }
+
+    /// The README's first run is `--rate 500 --live` without `--incidents`: at 500 lines/s,
+    /// 150,000 consecutive lines are AgentTaskFailures' 5-minute window. No agent may reach the
+    /// rule's 6 failures in any such window, and no queue may go over QueueBacklog's 100.
+    #[test]
+    fn normal_mode_fires_no_default_alert_at_rate_500() {
+        const WINDOW: usize = 150_000;
+        let text = String::from_utf8(gen(2 * WINDOW as u64, 3, 0.0)).unwrap();
+        let mut failures: Vec<(usize, String)> = Vec::new();
+        let mut completed = 0;
+        for (i, l) in text.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let md = &v["metadata"];
+            if v["message"] == "Queue depth" {
+                let d = md["depth"].as_u64().unwrap();
+                assert!(d <= 80, "line {i}: depth {d}");
+            }
+            if v["message"] == "Task completed" {
+                completed += 1;
+                if md["status"] == "failure" {
+                    failures.push((i, md["agent_id"].as_str().unwrap().to_string()));
+                }
+            }
+        }
+        assert!(completed > 50_000, "{completed}");
+        // A few failures still happen, so the failure counter has data.
+        assert!(!failures.is_empty());
+        for (j, (start, _)) in failures.iter().enumerate() {
+            let mut per_agent: std::collections::BTreeMap<&str, usize> = Default::default();
+            for (i, agent) in &failures[j..] {
+                if *i >= start + WINDOW {
+                    break;
+                }
+                *per_agent.entry(agent).or_default() += 1;
+            }
+            let worst = per_agent.values().max().copied().unwrap_or(0);
+            assert!(
+                worst < 6,
+                "{per_agent:?} within {WINDOW} lines from line {start}"
+            );
+        }
     }
 
     #[test]

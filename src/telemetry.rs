@@ -26,6 +26,7 @@ pub fn init_tracing() {
 pub struct SelfMetrics {
     pub registry: Registry,
     pub events_total: IntCounterVec,
+    pub lines_total: IntCounterVec,
     pub bytes_total: IntCounterVec,
     pub parse_errors: IntCounterVec,
     pub series_dropped: IntCounterVec,
@@ -137,6 +138,12 @@ impl SelfMetrics {
                 "Events read, by source.",
                 &["source"],
             ),
+            lines_total: counter_vec(
+                &reg,
+                "weir_lines_total",
+                "Lines read, by source: with multi-line joining, several lines make one event.",
+                &["source"],
+            ),
             bytes_total: counter_vec(
                 &reg,
                 "weir_bytes_total",
@@ -223,7 +230,7 @@ impl SelfMetrics {
             sink_retries: counter_vec(&reg, "weir_sink_retries_total", "Requests sent again, by reason.", &["sink", "reason"]),
             sink_errors: counter_vec(&reg, "weir_sink_errors_total", "Failed requests and rejected items, by reason.", &["sink", "reason"]),
             sink_dead_lettered: counter_vec(&reg, "weir_sink_dead_lettered_total", "Events that can never be delivered, written to the dead-letter file.", &["sink", "reason"]),
-            sink_dropped: counter_vec(&reg, "weir_sink_dropped_total", "Events dropped: buffer full with when_full = drop_newest, or shutdown deadline passed.", &["sink", "reason"]),
+            sink_dropped: counter_vec(&reg, "weir_sink_dropped_total", "Events dropped: buffer full with when_full = drop_newest, shutdown deadline passed, corrupt disk-buffer records skipped, or not stored on disk by shutdown (disk_error).", &["sink", "reason"]),
             sink_buffer_events: gauge_vec(&reg, "weir_sink_buffer_events", "Events waiting in a sink's buffer.", &["sink"]),
             sink_latency: {
                 let h = prometheus::HistogramVec::new(

@@ -331,6 +331,10 @@ impl Processor {
             .with_label_values(&source)
             .inc_by(batch.lines.len() as u64);
         self.selfm
+            .lines_total
+            .with_label_values(&source)
+            .inc_by(batch.lines.len() as u64 + batch.joined_lines);
+        self.selfm
             .bytes_total
             .with_label_values(&source)
             .inc_by(batch.bytes_read);

@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
     let mut out = LineBatch::new(source.clone());
     // Two batches, so state carried between batches (partials) is exercised.
     let mid = rest.len() / 2;
-    let mid = rest[mid..].iter().position(|&b| b == b'\n').map_or(rest.len(), |i| mid + i + 1);
+    let mid = rest[mid..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(rest.len(), |i| mid + i + 1);
     for part in [&rest[..mid], &rest[mid..]] {
         let mut raw = LineBatch::new(source.clone());
         for line in part.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -40,6 +43,10 @@ fuzz_target!(|data: &[u8]| {
     }
     dec.flush(&mut out);
     for (line, _) in out.iter() {
-        assert!(line.len() <= max_line_bytes, "line of {} bytes over {max_line_bytes}", line.len());
+        assert!(
+            line.len() <= max_line_bytes,
+            "line of {} bytes over {max_line_bytes}",
+            line.len()
+        );
     }
 });

@@ -34,6 +34,8 @@ fn event(i: usize) -> SinkEvent {
         attrs: Vec::new(),
         source: Arc::from("fuzz"),
         ack: None,
+        received: 0,
+        span: None,
     }
 }
 

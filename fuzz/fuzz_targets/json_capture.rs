@@ -13,7 +13,8 @@ use weir::telemetry::SelfMetrics;
 fn pipeline() -> &'static Mutex<CompiledPipeline> {
     static P: OnceLock<Mutex<CompiledPipeline>> = OnceLock::new();
     P.get_or_init(|| {
-        let p = weir::config::load(None, &SelfMetrics::new()).expect("the embedded pipeline compiles");
+        let p =
+            weir::config::load(None, &SelfMetrics::new()).expect("the embedded pipeline compiles");
         Mutex::new(p)
     })
 }

@@ -51,9 +51,17 @@ fuzz_target!(|data: &[u8]| {
         for (event, _) in b.iter() {
             // A first line is kept whole (it is at most max_line_bytes); a joined event stays
             // within max_bytes.
-            assert!(event.len() <= max_line_bytes, "event of {} bytes", event.len());
+            assert!(
+                event.len() <= max_line_bytes,
+                "event of {} bytes",
+                event.len()
+            );
             if event.contains(&b'\n') {
-                assert!(event.len() <= max_bytes, "joined event of {} bytes over {max_bytes}", event.len());
+                assert!(
+                    event.len() <= max_bytes,
+                    "joined event of {} bytes over {max_bytes}",
+                    event.len()
+                );
             }
         }
         b.lines.len()
@@ -62,7 +70,11 @@ fuzz_target!(|data: &[u8]| {
     for part in rest.split(|&b| b == 0xFF) {
         let mut batch = LineBatch::new(source.clone());
         for line in part.split(|&b| b == b'\n') {
-            batch.push(&line[..line.len().min(max_line_bytes)], line.len() > max_line_bytes, None);
+            batch.push(
+                &line[..line.len().min(max_line_bytes)],
+                line.len() > max_line_bytes,
+                None,
+            );
             lines_in += 1;
         }
         let out = joiner.join(batch);
@@ -71,6 +83,12 @@ fuzz_target!(|data: &[u8]| {
     if let Some(out) = joiner.flush(&source) {
         events_out += check(&out);
     }
-    assert!(events_out <= lines_in, "{events_out} events from {lines_in} lines");
-    assert!(lines_in == 0 || events_out > 0, "{lines_in} lines gave no event");
+    assert!(
+        events_out <= lines_in,
+        "{events_out} events from {lines_in} lines"
+    );
+    assert!(
+        lines_in == 0 || events_out > 0,
+        "{lines_in} lines gave no event"
+    );
 });

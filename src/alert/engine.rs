@@ -653,16 +653,32 @@ impl Engine {
                 Change::Resolved => "resolved",
                 Change::Inactive => "inactive",
             };
-            tracing::info!(
-                rule = %rule.name,
-                state,
-                severity = rule.severity.as_str(),
-                labels = %labels_text.join(","),
-                value = st.value,
-                threshold = rule.threshold(),
-                at = %rfc3339(now),
-                "alert {state}"
-            );
+            // Firing and resolved are what an operator acts on; pending and inactive can flip
+            // every evaluation near a threshold, so they stay at debug (issue 16).
+            let at = rfc3339(now);
+            let labels_text = labels_text.join(",");
+            match change {
+                Change::Pending | Change::Inactive => tracing::debug!(
+                    rule = %rule.name,
+                    state,
+                    severity = rule.severity.as_str(),
+                    labels = %labels_text,
+                    value = st.value,
+                    threshold = rule.threshold(),
+                    at = %at,
+                    "alert {state}"
+                ),
+                _ => tracing::info!(
+                    rule = %rule.name,
+                    state,
+                    severity = rule.severity.as_str(),
+                    labels = %labels_text,
+                    value = st.value,
+                    threshold = rule.threshold(),
+                    at = %at,
+                    "alert {state}"
+                ),
+            }
             match change {
                 Change::Firing | Change::Repeat => {
                     if change == Change::Firing {

@@ -25,33 +25,41 @@ use crate::parse::{FieldRef, PathTrie};
 use crate::telemetry::SelfMetrics;
 
 /// `[[alerts]]`: one alert rule.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     /// The alert's name (Alertmanager's `alertname`), such as `AgentTaskFailures`.
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// The rule: `count(agent_task_failure_total) by (agent_id) over 5m > 5`,
     /// `agent_queue_depth > 100 for 2m`, `absent(component == "Scheduler") for 5m`...
+    #[schemars(with = "String")]
     pub expr: Spanned<String>,
     /// info, warning or critical. Default: warning.
     #[serde(default)]
     pub severity: Option<Severity>,
     /// One line for people; `{{ $labels.agent_id }}`, `{{ $value }}`, `{{ $threshold }}`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub summary: Option<Spanned<String>>,
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub description: Option<Spanned<String>>,
     /// A dashboard or runbook URL template.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub link: Option<Spanned<String>>,
     /// Static labels added to every alert of the rule (`team = "agents"`).
     #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub labels: Option<Spanned<BTreeMap<String, String>>>,
     /// Notifier names. Default: every notifier of the file.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub notify: Option<Spanned<Vec<String>>>,
     /// How often a firing alert is notified again. Default: 4h.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub repeat_interval: Option<Spanned<String>>,
     /// Most label sets tracked; more are counted in `weir_alert_groups_dropped_total`.
     /// Default: 10000.

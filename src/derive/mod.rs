@@ -44,7 +44,7 @@ use pair::{PairConfig, PairCounters, Pairing};
 use series::{Family, SeriesTable};
 
 /// Kind of a derived metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricKind {
     Counter,
@@ -53,10 +53,11 @@ pub enum MetricKind {
 }
 
 /// `[[metrics]]`: one derived metric.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricConfig {
     /// Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`; `weir_` is reserved).
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// counter, gauge or histogram.
     pub kind: MetricKind,
@@ -65,15 +66,18 @@ pub struct MetricConfig {
     pub help: Option<String>,
     /// Condition an event must match to update the metric. Default: every event.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub when: Option<Spanned<String>>,
     /// Field holding the value, or a list of fields: the first one an event has is used
     /// (`value = ["metadata.depth", "metadata.current_depth"]`). Counters default to adding 1;
     /// gauges and histograms need it (histograms may use `pair` instead).
     #[serde(default)]
+    #[schemars(with = "Option<PathList>")]
     pub value: Option<Spanned<PathList>>,
     /// The value is multiplied by this before it is used: `scale = 0.001` turns a
     /// `duration_ms` field into the seconds of a `_seconds` histogram. Default: 1.
     #[serde(default)]
+    #[schemars(with = "Option<f64>")]
     pub scale: Option<Spanned<f64>>,
     /// Label name to field path (`agent_id = "metadata.agent_id"`), or to
     /// `{ from = "path" | ["path", ...], default = "value", remember_by = "field" }`. A missing
@@ -81,6 +85,7 @@ pub struct MetricConfig {
     /// takes the value last seen on an earlier event with the same `remember_by` value (e.g.
     /// the `error_type` of the error logged for the same `trace_id`).
     #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, LabelSpec>>")]
     pub labels: Option<Spanned<BTreeMap<String, LabelSpec>>>,
     /// Also derive from lines the parser could not read (invalid JSON, no regex match),
     /// whose message is then the raw line. Default: false: such lines are counted in
@@ -89,6 +94,7 @@ pub struct MetricConfig {
     pub include_unparsed: bool,
     /// Histogram bucket upper bounds, increasing. Default: Prometheus' default buckets.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<f64>>")]
     pub buckets: Option<Spanned<Vec<f64>>>,
     /// Most label sets kept; new ones past it go to one overflow series. Default: 10000.
     #[serde(default = "default_max_series")]

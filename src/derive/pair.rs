@@ -19,10 +19,11 @@ use crate::event::{Event, TimestampNs};
 use crate::parse::FieldRef;
 
 /// `[metrics.pair]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PairConfig {
     /// Condition that marks a start event.
+    #[schemars(with = "String")]
     pub start: toml::Spanned<String>,
     /// Field whose value links a start to its end. Default: trace_id.
     #[serde(default = "default_key")]

@@ -54,21 +54,25 @@ use crate::telemetry::SelfMetrics;
 pub const MAX_ATTRIBUTE_BYTES: usize = 4096;
 
 /// `[[spans]]`: one span derived from log events.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpanConfig {
     /// The span's name: a literal (`name = "agent.task"`) or a field
     /// (`name = { from = "metadata.task_type", default = "task" }`; without a default an event
     /// lacking the field names its span `unnamed`). Required.
+    #[schemars(with = "SpanName")]
     pub name: Spanned<SpanName>,
     /// Condition matching the event that ends the span (with `duration`, the only event).
     /// Required.
+    #[schemars(with = "String")]
     pub when: Spanned<String>,
     /// Field holding the span's length in seconds (times `scale`). Give this or `pair`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub duration: Option<Spanned<String>>,
     /// Multiplier of `duration`: `scale = 0.001` for milliseconds. Default: 1.
     #[serde(default)]
+    #[schemars(with = "Option<f64>")]
     pub scale: Option<Spanned<f64>>,
     /// The span runs from a start event to this end event (`[spans.pair]`, as `[metrics.pair]`).
     #[serde(default)]
@@ -142,7 +146,7 @@ impl<'de> Deserialize<'de> for SpanName {
 }
 
 /// OTLP's `Span.SpanKind` (its numbers are the wire values).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SpanKind {
     #[default]
@@ -703,6 +707,32 @@ max_open = 2
         assert_eq!(s.parent_span_id, Some(span_id_bytes("p-1")));
         assert_eq!(s.trace_id, trace_id_bytes("a"));
         assert!(got[2].is_none(), "an end without a start makes no span");
+    }
+
+    /// The shipped example: a task's span from its duration, or from its start line.
+    #[test]
+    fn the_traces_example_pipeline_makes_task_spans() {
+        let toml = include_str!("../../pipelines/traces.toml");
+        let got = spans_of(
+            toml,
+            &[
+                &format!(
+                    r#"{{"timestamp":"2024-01-01 00:00:10,000","level":"INFO","component":"MonitoringCollector","message":"Task completed: failure","metadata":{{"trace_id":"{UUID}","agent_id":"agent-07","duration":2.5,"status":"failure"}}}}"#
+                ),
+                r#"{"timestamp":"2024-01-01T00:00:00Z","message":"Task started","trace_id":"t-9"}"#,
+                r#"{"timestamp":"2024-01-01T00:00:04Z","message":"Task completed","trace_id":"t-9","metadata":{"status":"success"}}"#,
+            ],
+        );
+        let s = got[0].clone().expect("a span from the duration");
+        assert_eq!((s.name.as_str(), s.trace_id), ("agent.task", UUID_BYTES));
+        assert_eq!(s.end_ns - s.start_ns, 2_500_000_000);
+        assert_eq!(s.status, SpanStatus::Error);
+        let w = got[2].clone().expect("a span from the pair");
+        assert_eq!(
+            (w.name.as_str(), w.end_ns - w.start_ns),
+            ("agent.task.wall", 4_000_000_000)
+        );
+        assert_eq!(w.status, SpanStatus::Ok);
     }
 
     #[test]

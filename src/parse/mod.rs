@@ -26,7 +26,7 @@ pub use json::PathTrie;
 /// `[event]`: where the normalised fields come from. Each list is tried in order; the first path
 /// present in a line wins. The defaults cover the agent system's logs and the common conventions
 /// (Python logging JSON, Bunyan/Pino, Logrus/zap, ECS).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventConfig {
     /// Paths of the timestamp. Default: timestamp, @timestamp, time, ts, asctime.

@@ -39,7 +39,7 @@ pub const MAX_FIELDS: usize = 1024;
 const REGEX_SIZE_LIMIT: usize = 8 << 20;
 
 /// A line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FormatName {
     /// One JSON object per line (the default).
@@ -71,7 +71,7 @@ impl FormatName {
 }
 
 /// A type a text field is converted to (`types`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldType {
     /// A whole number (`200`, `-3`).
@@ -85,16 +85,18 @@ pub enum FieldType {
 }
 
 /// `[parser]`, or `parser = { ... }` on a source: how lines are read.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParserConfig {
     /// `json` (default), `logfmt` or `regex`.
     #[serde(default)]
+    #[schemars(with = "Option<FormatName>")]
     pub format: Option<Spanned<FormatName>>,
     /// For `regex` (as the format or a fallback): a regular expression (Rust `regex` syntax)
     /// whose named captures `(?P<name>...)` become fields. Names may be dotted
     /// (`(?P<http.status>...)`) and may be the `[event]` paths (`timestamp`, `level`, `message`).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub pattern: Option<Spanned<String>>,
     /// Conversions of logfmt/regex fields: `{ status = "int", request_time = "float" }`
     /// (`int`, `float`, `bool`, `string`). Fields not listed stay text (numeric text still works
@@ -102,18 +104,20 @@ pub struct ParserConfig {
     /// out and counted (`reason="field_type_invalid"`); `-` and an empty value are left out
     /// silently (access logs write `-` for "none").
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, FieldType>")]
     pub types: BTreeMap<Spanned<String>, Spanned<FieldType>>,
     /// Formats tried in order when a line does not parse with `format`: `["json"]`. Default:
     /// none. A line no format reads is kept as a raw-message event and counted under the
     /// reason of `format` (`regex_no_match`, `invalid_logfmt`, `invalid_json`).
     #[serde(default)]
+    #[schemars(with = "Option<Vec<FormatName>>")]
     pub fallback: Option<Spanned<Vec<Spanned<FormatName>>>>,
 }
 
 /// `parser = { ... }` on a `[[sources]]` entry: the keys of [`ParserConfig`]. Without spans:
 /// the sources are an internally tagged enum, which serde reads through a buffer that loses
 /// them, so errors point at the source's `[[sources]]` header.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceParserConfig {
     /// As `[parser]`'s `format`.

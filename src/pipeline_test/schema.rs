@@ -12,16 +12,19 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// `[[tests]]`: input lines and what they must produce.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TestConfig {
     /// What the test shows, in a few words; printed beside its result.
+    #[schemars(with = "String")]
     pub name: Spanned<String>,
     /// The input, one log line per string. Give this or `input_file`.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub input: Option<Spanned<Vec<String>>>,
     /// A file of input lines, relative to the pipeline file's directory. Give this or `input`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub input_file: Option<Spanned<String>>,
     /// What the input must produce. Default: nothing (the input only has to run).
     #[serde(default)]
@@ -29,13 +32,14 @@ pub struct TestConfig {
 }
 
 /// `[tests.expect]`: every part optional.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectConfig {
     /// Series to value after the last line: `'name{label="value"}' = 3`. Labels left out match
     /// any value and the matching series are summed (a name alone: the sum of all its series,
     /// 0 when there is none). Histograms: `NAME_count`, `NAME_sum`, `NAME_bucket{le="..."}`.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, f64>")]
     pub metrics: BTreeMap<Spanned<String>, Spanned<f64>>,
     /// `[[tests.expect.events]]`: fields of the event parsed from one input line.
     #[serde(default)]
@@ -87,20 +91,22 @@ impl<'de> Deserialize<'de> for EventExpect {
 }
 
 /// `[[tests.expect.alerts]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertExpect {
     /// The rule's name (`[[alerts]] name`).
+    #[schemars(with = "String")]
     pub rule: Spanned<String>,
     /// The alert's group labels, exactly (the rule's static labels left out). Default: any
     /// alert of the rule.
     #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
     pub labels: Option<Spanned<BTreeMap<String, String>>>,
     /// fired (at some point), firing (still, after the last line) or not_fired.
     pub state: ExpectedState,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExpectedState {
     Fired,

@@ -283,7 +283,7 @@ pub trait HttpSink: Send + Sync + 'static {
 }
 
 /// `[sinks.batch]`: when a batch is sent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Send once a batch holds this many bytes. Default: 1048576 (1 MiB).
@@ -311,7 +311,7 @@ impl Default for BatchConfig {
 }
 
 /// Where a sink's waiting events are kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BufferKind {
     #[default]
@@ -322,7 +322,7 @@ pub enum BufferKind {
 }
 
 /// What a full buffer does.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
     /// Wait: backpressure reaches the sources.
@@ -333,7 +333,7 @@ pub enum WhenFull {
 }
 
 /// `[sinks.buffer]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
     /// memory (default) or disk.
@@ -369,7 +369,7 @@ impl Default for BufferConfig {
 }
 
 /// `[sinks.request]`: how requests are sent and retried.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestConfig {
     /// A request taking longer is abandoned and retried. Default: 30.
@@ -437,7 +437,7 @@ pub fn secret_from_env(var: Option<&str>) -> Result<Option<String>, String> {
 }
 
 /// `[[sinks]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 #[allow(clippy::large_enum_variant)]
 pub enum SinkConfig {
@@ -454,7 +454,7 @@ pub enum SinkConfig {
 }
 
 /// `type = "stdout"`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConfig {
     /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in
@@ -468,7 +468,7 @@ pub struct StdoutConfig {
 }
 
 /// `type = "file"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in

@@ -78,7 +78,7 @@ pub enum FileError {
 }
 
 /// Where reading starts in files found at startup that have no checkpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReadFrom {
     #[default]

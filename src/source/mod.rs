@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// `[[sources]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceConfig {
     /// Lines from standard input (`app | weir run`).
@@ -33,7 +33,7 @@ pub enum SourceConfig {
 }
 
 /// How a source's lines are framed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// Each line is the application's line (JSON or not).
@@ -48,7 +48,7 @@ pub enum Format {
 }
 
 /// `type = "stdin"`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinConfig {
     /// Framing of the lines. Default: json.
@@ -64,7 +64,7 @@ pub struct StdinConfig {
 }
 
 /// `type = "file"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Files or globs to follow (`/var/log/app/*.log`).
@@ -142,7 +142,7 @@ const fn default_rotate_wait_ms() -> u64 {
 }
 
 /// `type = "tcp"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpConfig {
     /// Address to listen on. Default: 127.0.0.1:5170 (loopback unless configured).
@@ -294,6 +294,9 @@ pub struct LineBatch {
     pub lines: Vec<LineSpan>,
     /// Bytes read from the source for these lines, including any discarded past a cut.
     pub bytes_read: u64,
+    /// Lines beyond the first of each event that multi-line joining made (kept or cut): the
+    /// events of this batch hold `lines.len() + joined_lines` lines as read. 0 without joining.
+    pub joined_lines: u64,
     /// Attribute sets referred to by `LineSpan::attrs`.
     pub attrs: Vec<Attrs>,
     /// Set by sources that checkpoint: acknowledged once the batch is processed.
@@ -365,6 +368,7 @@ impl LineBatch {
             buf: Vec::new(),
             lines: Vec::new(),
             bytes_read: 0,
+            joined_lines: 0,
             attrs: Vec::new(),
             ack: None,
             origin: None,

@@ -64,7 +64,7 @@ use tokio::time::{Instant, Sleep};
 use super::{Attrs, LineBatch, LineSpan};
 
 /// `multiline = { ... }` on a source: how its lines are joined into events.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MultilineConfig {
     /// A built-in rule: `python`, `java` or `go`. Not together with `start`/`continuation`.
@@ -94,7 +94,7 @@ pub struct MultilineConfig {
 }
 
 /// The built-in rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MultilineMode {
     Python,
@@ -350,6 +350,8 @@ struct Open {
     /// Where its text starts in the buffer that holds it.
     start: usize,
     lines: usize,
+    /// Lines read into it, including those dropped past the limits.
+    read: u64,
     /// Its first line was cut at `max_line_bytes`.
     truncated: bool,
     /// Lines past the limits were dropped (counted once).
@@ -446,6 +448,7 @@ impl Joiner {
                     continue;
                 };
                 o.last = now;
+                o.read += 1;
                 let len = out.buf.len() - o.start;
                 if o.cut || o.lines >= self.cfg.max_lines || len + 1 + line.len() > self.max_bytes {
                     if !o.cut {
@@ -479,6 +482,7 @@ impl Joiner {
             self.open = Some(Open {
                 start,
                 lines: 1,
+                read: 1,
                 truncated: span.truncated,
                 cut: false,
                 attrs: attrs.cloned(),
@@ -612,6 +616,7 @@ fn check(consistent: &mut bool, base: Option<u64>, pos: usize, offset: Option<u6
 
 /// Records the open event `o` (whose text runs from `o.start` to the end of `out.buf`).
 fn emit(out: &mut LineBatch, o: Open) {
+    out.joined_lines += o.read - 1;
     let attrs = match &o.attrs {
         None => 0,
         Some(a) => {

@@ -51,14 +51,17 @@ fn oneshot_over_files_prints_an_exposition_promtool_accepts() {
     let both: Vec<u8> = [a.as_slice(), b.as_slice()].concat();
     assert_agent_metrics(&parse_exposition(&text), &expected_agent_metrics(&both));
     let m = parse_exposition(&text);
+    // Every line read; the malformed ones that look like a Python traceback joined the
+    // event before them (the default pipeline joins tracebacks), so b has fewer events.
+    for p in [&pa, &pb] {
+        let source = [("source", p.to_str().unwrap())];
+        assert_eq!(m[&key("weir_lines_total", &source)], 20_000.0);
+    }
     assert_eq!(
         m[&key("weir_events_total", &[("source", pa.to_str().unwrap())])],
         20_000.0
     );
-    assert_eq!(
-        m[&key("weir_events_total", &[("source", pb.to_str().unwrap())])],
-        20_000.0
-    );
+    assert!(m[&key("weir_events_total", &[("source", pb.to_str().unwrap())])] < 20_000.0);
     assert!(m[&key("weir_parse_errors_total", &[("reason", "invalid_json")])] > 500.0);
     if have_tool("promtool") {
         let mut p = std::process::Command::new("promtool")
@@ -155,11 +158,7 @@ include_unparsed = true
     assert_eq!(reason("timestamp_invalid"), 1.0);
     // Every line became an event: 9 in all, by normalised level. The 4 lines the parser
     // could not read feed only the metric that includes them.
-    let lvl = |name: &str, l: &str| {
-        m.get(&key(name, &[("level", l)]))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let lvl = |name: &str, l: &str| m.get(&key(name, &[("level", l)])).copied().unwrap_or(0.0);
     for name in ["lines_total", "raw_lines_total"] {
         assert_eq!(lvl(name, "INFO"), 1.0);
         assert_eq!(lvl(name, "WARNING"), 1.0);

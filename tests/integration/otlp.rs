@@ -69,7 +69,7 @@ fn task_lines(base: i64, seqs: std::ops::Range<u64>) -> String {
             uuid_of(seq),
         ));
         out.push_str(&format!(
-            "{{\"timestamp\":\"{}\",\"level\":\"{level}\",\"component\":\"AgentOrchestrator\",\"message\":\"Task completed\",\"trace_id\":\"{}\",\"metadata\":{{\"seq\":{seq},\"agent_id\":\"agent-{:02}\",\"status\":\"{status}\",\"duration\":{}}}}}\n",
+            "{{\"timestamp\":\"{}\",\"level\":\"{level}\",\"component\":\"AgentOrchestrator\",\"message\":\"Task completed\",\"trace_id\":\"{}\",\"metadata\":{{\"seq\":{seq},\"agent_id\":\"agent-{:02}\",\"status\":\"{status}\",\"duration\":{:?}}}}}\n",
             rfc3339_ms(base + 10 * seq as i64 + 5),
             uuid_of(seq),
             seq % 7,

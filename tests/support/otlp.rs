@@ -190,17 +190,20 @@ fn answer(
     res
 }
 
-fn error(status: StatusCode, code: i32, message: &str) -> (Response, String) {
+/// A refused request's answer and message (boxed: a `Response` is large).
+type Refused = Box<(Response, String)>;
+
+fn error(status: StatusCode, code: i32, message: &str) -> Refused {
     let body = RpcStatus {
         code,
         message: message.to_string(),
     }
     .encode_to_vec();
-    (answer(status, body, None), message.to_string())
+    Box::new((answer(status, body, None), message.to_string()))
 }
 
 /// The request body, decompressed; or the error answer.
-fn body_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, (Response, String)> {
+fn body_of(headers: &HeaderMap, body: &[u8]) -> Result<Vec<u8>, Refused> {
     let ct = server::media_type(server::header_text(headers, header::CONTENT_TYPE).as_deref());
     if ct.as_deref() != Some("application/x-protobuf") {
         return Err(error(
@@ -261,18 +264,18 @@ fn check_log(r: &LogRecord) -> Result<(), String> {
 }
 
 /// Whole-request faults: the answer, if one is programmed.
-fn fault(shared: &Shared) -> Option<(Response, String)> {
+fn fault(shared: &Shared) -> Option<Refused> {
     match shared.next_fault()? {
         Fault::Status(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             Some(error(status, 14, "injected fault"))
         }
         Fault::Throttle { retry_after } => {
-            let (mut res, msg) = error(StatusCode::TOO_MANY_REQUESTS, 8, "throttled");
+            let mut refused = error(StatusCode::TOO_MANY_REQUESTS, 8, "throttled");
             if let Ok(v) = HeaderValue::from_str(&retry_after) {
-                res.headers_mut().insert(header::RETRY_AFTER, v);
+                refused.0.headers_mut().insert(header::RETRY_AFTER, v);
             }
-            Some((res, msg))
+            Some(refused)
         }
     }
 }
@@ -313,7 +316,7 @@ async fn traces(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     let mut rec = record(&headers, "traces");
     let (res, msg) = (|| {
         if let Some(f) = fault(&shared) {
-            return Ok(f);
+            return Err(f);
         }
         let raw = body_of(&headers, &body)?;
         let req = ExportTraceServiceRequest::decode(&raw[..])
@@ -355,9 +358,9 @@ async fn traces(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             partial_success: partial,
         }
         .encode_to_vec();
-        Ok::<_, (Response, String)>((answer(StatusCode::OK, body, None), String::new()))
+        Ok::<_, Refused>((answer(StatusCode::OK, body, None), String::new()))
     })()
-    .unwrap_or_else(|e| e);
+    .unwrap_or_else(|e| *e);
     finish(&shared, rec, res, msg).await
 }
 
@@ -366,7 +369,7 @@ async fn logs(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
     let mut rec = record(&headers, "logs");
     let (res, msg) = (|| {
         if let Some(f) = fault(&shared) {
-            return Ok(f);
+            return Err(f);
         }
         let raw = body_of(&headers, &body)?;
         let req = ExportLogsServiceRequest::decode(&raw[..])
@@ -402,9 +405,9 @@ async fn logs(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes
             partial_success: partial,
         }
         .encode_to_vec();
-        Ok::<_, (Response, String)>((answer(StatusCode::OK, body, None), String::new()))
+        Ok::<_, Refused>((answer(StatusCode::OK, body, None), String::new()))
     })()
-    .unwrap_or_else(|e| e);
+    .unwrap_or_else(|e| *e);
     finish(&shared, rec, res, msg).await
 }
 

@@ -28,7 +28,7 @@ use serde_json::{json, Map, Value};
 use super::{check_http_url, format_value, post_json, Notification, NotifyError, Status};
 
 /// `type = "alertmanager"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertmanagerConfig {
     /// Base URL of Alertmanager, such as `http://alertmanager:9093`; alerts are POSTed to

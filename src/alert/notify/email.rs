@@ -27,7 +27,7 @@ use serde::Deserialize;
 use super::{format_value, required_secret, Notification, NotifyError, Secret, Status};
 
 /// `type = "email"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailConfig {
     /// The SMTP server (relay) to hand messages to, such as `smtp.example.com`; with

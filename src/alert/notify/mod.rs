@@ -47,7 +47,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// How urgent an alert is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -242,7 +242,7 @@ fn check_http_url(kind: &str, what: &str, url: &str, secret: bool) -> Result<(),
 }
 
 /// `[notifiers.NAME]`: where alerts are sent. The kind comes from `type`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum NotifierConfig {
     /// A Slack incoming webhook.

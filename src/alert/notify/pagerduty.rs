@@ -19,7 +19,7 @@ use super::{
 };
 
 /// `type = "pagerduty"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PagerdutyConfig {
     /// Name of the environment variable holding the routing key (the Events API v2

@@ -19,7 +19,7 @@ use super::{
 };
 
 /// `type = "slack"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
     /// Name of the environment variable holding the incoming webhook URL

@@ -25,7 +25,7 @@ use super::{
 };
 
 /// `type = "webhook"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// URL the JSON document is POSTed to. Give this or `url_env`.

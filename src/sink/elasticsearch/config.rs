@@ -17,7 +17,7 @@ pub(super) const BULK_PATH: &str = "/_bulk";
 const MAX_INDEX_BYTES: usize = 255;
 
 /// `[[sinks]] type = "elasticsearch"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ElasticsearchConfig {
     /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in
@@ -71,7 +71,7 @@ pub struct ElasticsearchConfig {
 }
 
 /// Where documents are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EsMode {
     /// Into indices named by the `index` template, dated by each event's timestamp.
@@ -82,7 +82,7 @@ pub enum EsMode {
 }
 
 /// How a bulk request body is compressed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EsCompression {
     #[default]

@@ -15,7 +15,7 @@ use crate::sink::{secret_from_env, BatchConfig, BufferConfig, RequestConfig};
 const PUSH_PATH: &str = "/loki/api/v1/push";
 
 /// `[[sinks]] type = "loki"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LokiConfig {
     /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in
@@ -71,7 +71,7 @@ pub struct LokiConfig {
 }
 
 /// How a push request is encoded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LokiEncoding {
     /// `logproto.PushRequest`, snappy block-compressed.

@@ -11,7 +11,7 @@ use super::sink::{OtlpSink, Signal};
 use crate::sink::{secret_from_env, BatchConfig, BufferConfig, RequestConfig};
 
 /// `[[sinks]] type = "otlp"`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OtlpConfig {
     /// The sink's name: in `weir_sink_*{sink}`, logs, its disk buffer's directory, and in
@@ -75,7 +75,7 @@ pub struct OtlpConfig {
 }
 
 /// How request bodies are compressed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OtlpCompression {
     #[default]

@@ -44,7 +44,7 @@ const RECORD_FIELDS: [&str; 6] = [
 ];
 
 /// What an OTLP sink sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Signal {
     /// The pipeline's spans (`[[spans]]`), to `/v1/traces`.

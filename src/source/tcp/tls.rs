@@ -31,7 +31,7 @@ use serde::Deserialize;
 use tokio_rustls::TlsAcceptor;
 
 /// `tls = { ... }` on a `type = "tcp"` source.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file with the server's certificate chain, leaf first. Required.

@@ -28,18 +28,27 @@ use crate::topology::{self, RunOptions};
     about = "Structured JSON logs in; Prometheus metrics out.",
     long_about = "weir reads structured JSON logs (stdin or files), derives Prometheus metrics \
                   declared in a pipeline file, and serves them on /metrics. With no --config it \
-                  runs the embedded agent-system pipeline (pipelines/agents.toml)."
+                  runs the embedded agent-system pipeline (pipelines/agents.toml).",
+    after_help = ENV_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The environment variables weir reads, for `--help` (top level and `weir run`).
+const ENV_HELP: &str = "Environment:\n  \
+    WEIR_LOG      filter for weir's own logs (JSON on stderr): off, error, warn, info (default), \
+    debug, trace, or TARGET=LEVEL pairs (info,weir::sink=debug); an invalid value is refused \
+    (exit 2)\n  \
+    METRICS_PORT  port of /metrics when --listen is not given (default 9090)";
+
 // Parsed once and matched at once: the size of `RunArgs` costs nothing here.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline: read stdin (or FILEs), derive metrics, serve /metrics.
+    #[command(after_help = ENV_HELP)]
     Run(RunArgs),
     /// Check a pipeline file: exit 0, or print where it is wrong and exit 2.
     Validate(ValidateArgs),
@@ -53,6 +62,11 @@ pub enum Command {
     /// Generate data.
     #[command(subcommand)]
     Generate(GenerateCommand),
+    /// Print a shell completion script (bash, zsh, fish): `weir completions bash >
+    /// ~/.local/share/bash-completion/completions/weir`.
+    Completions(crate::reference::CompletionsArgs),
+    /// Print the man page (roff): `weir man > weir.1 && man -l weir.1`.
+    Man,
     /// Watch the events flowing through a running weir, as JSON lines on stdout.
     Tap(TapArgs),
     /// A running weir's own numbers, refreshed: events/s per source, parse errors, sinks
@@ -247,6 +261,10 @@ pub enum GenerateCommand {
     /// (counters as rates, gauges as they are, histograms as p50/p95/p99) and a variable per
     /// label.
     GrafanaDashboard(GrafanaDashboardArgs),
+    /// The configuration reference (docs/configuration.md) or the pipeline file's JSON Schema
+    /// (docs/weir.schema.json), generated from the config types. For maintainers.
+    #[command(hide = true)]
+    ConfigReference(crate::reference::ConfigReferenceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -296,6 +314,21 @@ pub struct DemoLogsArgs {
     pub output: Option<PathBuf>,
 }
 
+/// Writes generated text to `path`, or to stdout without one.
+fn write_or_print(bytes: &[u8], path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    match path {
+        Some(path) => {
+            std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Resolves the listen address from `--listen`, then `METRICS_PORT`, then the default.
 pub fn listen_addr(flag: Option<&str>, env_port: Option<&str>) -> anyhow::Result<SocketAddr> {
     let text = match (flag, env_port) {
@@ -319,6 +352,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Health(args) => run_health(&args),
         Command::Top(args) => run_top(&args),
         Command::Generate(GenerateCommand::GrafanaDashboard(a)) => grafana_dashboard(&a),
+        Command::Generate(GenerateCommand::ConfigReference(a)) => {
+            let text = crate::reference::config_reference(a.format);
+            write_or_print(text.as_bytes(), a.output.as_deref())
+        }
+        Command::Completions(a) => write_or_print(&crate::reference::completions(a.shell), None),
+        Command::Man => write_or_print(&crate::reference::man()?, None),
         Command::Validate(args) => {
             let selfm = SelfMetrics::new();
             let Some(path) = args.file.as_ref().or(args.config.as_ref()) else {
@@ -666,7 +705,10 @@ fn run_tap(args: TapArgs) -> anyhow::Result<ExitCode> {
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             eprintln!("error: weir answered {status}: {}", text.trim_end());
-            let refused = status == reqwest::StatusCode::BAD_REQUEST;
+            let refused = matches!(
+                status,
+                reqwest::StatusCode::BAD_REQUEST | reqwest::StatusCode::NOT_FOUND
+            );
             return Ok(ExitCode::from(if refused { 2 } else { 1 }));
         }
         let stream = async {
@@ -740,12 +782,33 @@ fn run_tests(args: &TestArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
-    telemetry::init_tracing();
+    if let Err(e) = telemetry::init_tracing() {
+        eprintln!("error: {e}");
+        return Ok(ExitCode::from(2));
+    }
     let selfm = SelfMetrics::new();
     let pipeline = match config::load(args.config.as_deref(), &selfm) {
         Ok(p) => p,
         Err(e) => return config_error(e),
     };
+    // A backfill ends at its input's end; a TCP listener has none, so it would never end.
+    let tcp_in_pipeline = pipeline
+        .sources
+        .iter()
+        .any(|s| matches!(s, crate::source::SourceConfig::Tcp(_)));
+    if args.oneshot && (!args.tcp.is_empty() || tcp_in_pipeline) {
+        let which = if args.tcp.is_empty() {
+            "the pipeline has a tcp source"
+        } else {
+            "--tcp was given"
+        };
+        eprintln!(
+            "error: --oneshot reads its input to the end and exits, but {which}: a TCP \
+             listener has no end. Run without --oneshot to serve /metrics, or save the stream \
+             to a file and run `weir run --oneshot FILE`."
+        );
+        return Ok(ExitCode::from(2));
+    }
     let listen = if args.oneshot {
         None
     } else {

@@ -35,6 +35,7 @@ pub mod parse;
 pub mod pipeline_test;
 pub mod progress;
 pub mod redact;
+pub mod reference;
 pub mod reload;
 pub mod server;
 pub mod shutdown;

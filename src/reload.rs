@@ -29,6 +29,11 @@
 //!   (within `shutdown_timeout_secs`) and ends.
 //!
 //! `data_dir` is read once at start: a reload that changes it says so and applies the rest.
+//!
+//! SIGHUP is handled in every run, so that it never kills weir (its default action): without
+//! a pipeline file to read again (no `--config`, or `--oneshot`), [`ignore_hangup`] says so
+//! in a log line and the run goes on. [`crate::shutdown::watch_signals`] installs the handler
+//! first thing, before the pipeline starts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -176,6 +181,38 @@ impl Components {
                 task,
             },
         ))
+    }
+}
+
+/// Answers SIGHUP when there is nothing to reload (`why`: no `--config`, or a `--oneshot`
+/// run): logs it and goes on, until `shutdown`.
+pub async fn ignore_hangup(why: &'static str, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let mut hup =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                    return;
+                }
+            };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!(reason = why, "SIGHUP: {why}, nothing to reload");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = why;
+        shutdown.cancelled().await;
     }
 }
 

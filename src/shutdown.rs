@@ -1,4 +1,5 @@
-//! One shutdown path: SIGINT or SIGTERM cancels the token that every source watches.
+//! One shutdown path: SIGINT or SIGTERM cancels the token that every source watches. SIGHUP
+//! never ends weir (see [`watch_signals`]).
 //!
 //! Drain order follows the data: sources stop reading and drop their senders; the processing
 //! stage ends when its channel closes, after handling every batch already queued; the server
@@ -7,7 +8,14 @@
 use tokio_util::sync::CancellationToken;
 
 /// Waits for SIGINT or SIGTERM, then cancels `token`; a second signal exits the process.
+///
+/// Also takes SIGHUP from the default action (which ends the process) before anything else
+/// runs: a SIGHUP that comes while the pipeline starts is ignored; once it runs, the reload
+/// task (or [`crate::reload::ignore_hangup`] without a pipeline file) answers it.
 pub async fn watch_signals(token: CancellationToken) {
+    #[cfg(unix)]
+    let _hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| tracing::warn!(error = %e, "cannot handle SIGHUP; it would end weir"));
     wait_for_signal().await;
     tracing::info!("shutdown requested: draining");
     token.cancel();

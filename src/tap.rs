@@ -80,6 +80,24 @@ pub enum TapError {
     TooMany,
     #[error("this weir has no tap (it serves no pipeline)")]
     Off,
+    /// `source=` names no source of this pipeline; the names it has are listed.
+    #[error("no source named {name:?}; this weir's sources: {}", .known.join(", "))]
+    NoSuchSource { name: String, known: Vec<String> },
+}
+
+/// Most source names a hub remembers (a pipeline has a handful; reloads add more).
+const MAX_SOURCE_NAMES: usize = 256;
+
+/// The names the batches of source `s` carry, as `source=` of a tap must give them: `stdin`,
+/// each configured path or glob of a file source, `tcp:ADDR` for a TCP source (the address as
+/// configured; the bound one when the port is 0 is accepted as any `tcp:` name).
+pub fn source_names(s: &crate::source::SourceConfig) -> Vec<String> {
+    use crate::source::SourceConfig;
+    match s {
+        SourceConfig::Stdin(_) => vec!["stdin".to_string()],
+        SourceConfig::File(f) => f.paths.clone(),
+        SourceConfig::Tcp(t) => vec![format!("tcp:{}", t.address)],
+    }
 }
 
 impl IntoResponse for TapError {
@@ -88,6 +106,7 @@ impl IntoResponse for TapError {
             TapError::Filter { .. } | TapError::Rate(_) => StatusCode::BAD_REQUEST,
             TapError::TooMany => StatusCode::TOO_MANY_REQUESTS,
             TapError::Off => StatusCode::SERVICE_UNAVAILABLE,
+            TapError::NoSuchSource { .. } => StatusCode::NOT_FOUND,
         };
         (status, format!("{self}\n")).into_response()
     }
@@ -220,6 +239,8 @@ struct Inner {
     next_id: u64,
     /// The pipeline's `[event]`, for the parsers of new taps.
     event: EventConfig,
+    /// The names of the sources started (see [`source_names`]); empty: not told, any name.
+    sources: Vec<String>,
 }
 
 /// The open taps, shared by the processor (which offers them every batch) and the server (which
@@ -241,9 +262,38 @@ impl TapHub {
                 subs: Vec::new(),
                 next_id: 0,
                 event,
+                sources: Vec::new(),
             }),
             gauge,
         }
+    }
+
+    /// Adds the names of sources started (at start, and those a reload starts), so a tap on a
+    /// name no source has is refused instead of waiting forever.
+    pub fn add_sources(&self, names: impl IntoIterator<Item = String>) {
+        let mut inner = self.lock();
+        for n in names {
+            if inner.sources.len() < MAX_SOURCE_NAMES && !inner.sources.contains(&n) {
+                inner.sources.push(n);
+            }
+        }
+    }
+
+    /// `Ok` when `name` is a source's name, or when the hub was told no names.
+    fn check_source(&self, name: &str) -> Result<(), TapError> {
+        let inner = self.lock();
+        let tcp_any_port = name.starts_with("tcp:")
+            && inner
+                .sources
+                .iter()
+                .any(|s| s.starts_with("tcp:") && s.ends_with(":0"));
+        if inner.sources.is_empty() || tcp_any_port || inner.sources.iter().any(|s| s == name) {
+            return Ok(());
+        }
+        Err(TapError::NoSuchSource {
+            name: name.to_string(),
+            known: inner.sources.clone(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -266,6 +316,9 @@ impl TapHub {
     ) -> Result<Subscription, TapError> {
         if !(rate > 0.0 && rate <= MAX_RATE) {
             return Err(TapError::Rate(rate));
+        }
+        if let Some(name) = &source {
+            self.check_source(name)?;
         }
         // The filter compiles (regexes, perhaps) without the lock the processor takes.
         let event = self.lock().event.clone();
@@ -536,6 +589,25 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0]["event"]["message"], "b");
         assert_eq!(got[0]["source"], "tcp:127.0.0.1:5170");
+    }
+
+    #[test]
+    fn a_source_no_one_has_is_refused_with_the_names() {
+        let h = hub();
+        h.add_sources(["stdin".to_string(), "/var/log/*.log".to_string()]);
+        assert!(h.subscribe(None, Some("/var/log/*.log".into()), 100.0).is_ok());
+        let err = h
+            .subscribe(None, Some("nosuch".into()), 100.0)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "no source named \"nosuch\"; this weir's sources: stdin, /var/log/*.log"
+        );
+        assert_eq!(err.into_response().status(), StatusCode::NOT_FOUND);
+        // A listener on port 0 binds elsewhere: any tcp: name passes.
+        h.add_sources(["tcp:127.0.0.1:0".to_string()]);
+        assert!(h.subscribe(None, Some("tcp:127.0.0.1:5170".into()), 100.0).is_ok());
     }
 
     #[test]

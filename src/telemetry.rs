@@ -8,10 +8,66 @@ use prometheus::{Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, 
 
 use crate::event::ParseIssue;
 
-/// Sets up tracing: JSON lines on stderr, filter from `WEIR_LOG` (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+pub mod process;
+
+/// Levels a bare `WEIR_LOG` directive may name.
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `WEIR_LOG` holds no filter weir can use.
+#[derive(Debug, thiserror::Error)]
+pub enum LogFilterError {
+    /// A bare word that is not a level: tracing would read it as a target name and hide every
+    /// line of weir, errors included, so it is refused.
+    #[error(
+        "WEIR_LOG={value:?}: {word:?} is not a log level (use one of off, error, warn, info, \
+         debug, trace, or TARGET=LEVEL pairs such as info,weir::sink=debug)"
+    )]
+    NotALevel { value: String, word: String },
+    #[error("WEIR_LOG={value:?}: {source} (use a level such as info, or TARGET=LEVEL pairs)")]
+    Syntax {
+        value: String,
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("WEIR_LOG is not valid UTF-8")]
+    NotUnicode,
+}
+
+/// The filter for weir's logs from `WEIR_LOG`'s value (`None` or empty: `info`). Bare words
+/// must be levels; a bare `weir`/`weir::...` target is allowed (it means trace for weir).
+pub fn log_filter(value: Option<&str>) -> Result<tracing_subscriber::EnvFilter, LogFilterError> {
+    let value = match value.map(str::trim) {
+        None | Some("") => return Ok(tracing_subscriber::EnvFilter::new("info")),
+        Some(v) => v,
+    };
+    for word in value.split(',').map(str::trim) {
+        let bare = !word.contains(['=', '[', '{']);
+        let known = LOG_LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word))
+            || word == "weir"
+            || word.starts_with("weir::");
+        if bare && !word.is_empty() && !known {
+            return Err(LogFilterError::NotALevel {
+                value: value.to_string(),
+                word: word.to_string(),
+            });
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map_err(|source| LogFilterError::Syntax {
+            value: value.to_string(),
+            source,
+        })
+}
+
+/// Sets up tracing: JSON lines on stderr, filter from `WEIR_LOG` (default `info`). An invalid
+/// `WEIR_LOG` is an error, never a filter that silently hides everything.
+pub fn init_tracing() -> Result<(), LogFilterError> {
+    let value = match std::env::var("WEIR_LOG") {
+        Ok(v) => Some(v),
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => return Err(LogFilterError::NotUnicode),
+    };
+    let filter = log_filter(value.as_deref())?;
     // A second init (tests run several pipelines in one process) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .json()
@@ -19,12 +75,15 @@ pub fn init_tracing() {
         .with_writer(crate::progress::Stderr)
         .with_current_span(false)
         .try_init();
+    Ok(())
 }
 
 /// The `weir_*` metrics.
 #[derive(Clone)]
 pub struct SelfMetrics {
     pub registry: Registry,
+    /// The derived metrics' exemplars, for the OpenMetrics exposition (`derive::exemplar`).
+    pub exemplars: crate::derive::exemplar::ExemplarStore,
     pub events_total: IntCounterVec,
     pub lines_total: IntCounterVec,
     pub bytes_total: IntCounterVec,
@@ -51,6 +110,13 @@ pub struct SelfMetrics {
     pub files_open: IntGauge,
     /// File lifecycle by event: discovered, rotated, truncated, deleted, resumed.
     pub file_events_total: IntCounterVec,
+    /// Matched paths not read, by reason: not_regular (FIFO, socket, device), max_depth,
+    /// max_glob_matches.
+    pub file_skipped_total: IntCounterVec,
+    /// Files found that wait for a slot under `max_open_files` (new, or closed with data left).
+    pub files_waiting: IntGauge,
+    /// I/O errors finding, opening and reading files, by kind (emfile, enfile, eacces, ...).
+    pub file_errors_total: IntCounterVec,
     /// Checkpoint writes by result: ok, error.
     pub checkpoint_writes_total: IntCounterVec,
     pub sink_events: IntCounterVec,
@@ -131,6 +197,12 @@ impl SelfMetrics {
         up.set(1);
         reg.register(Box::new(up.clone())).expect("registered once");
         register_state_metrics(&reg);
+        // process_* (CPU, memory, fds, threads, start time), read from /proc at each scrape;
+        // served on /metrics and in --oneshot output alike.
+        if let Some(pc) = process::ProcessCollector::new() {
+            reg.register(Box::new(pc))
+                .expect("process_* metrics are registered once in a fresh registry");
+        }
         SelfMetrics {
             events_total: counter_vec(
                 &reg,
@@ -218,6 +290,23 @@ impl SelfMetrics {
                 "File lifecycle events (discovered, rotated, truncated, deleted, resumed).",
                 &["event"],
             ),
+            file_skipped_total: counter_vec(
+                &reg,
+                "weir_file_skipped_total",
+                "Paths the globs matched that were not read, by reason (not_regular, max_depth, max_glob_matches).",
+                &["reason"],
+            ),
+            files_waiting: gauge(
+                &reg,
+                "weir_files_waiting",
+                "Files waiting for a slot under max_open_files.",
+            ),
+            file_errors_total: counter_vec(
+                &reg,
+                "weir_file_errors_total",
+                "I/O errors finding, opening and reading files, by kind.",
+                &["kind"],
+            ),
             checkpoint_writes_total: counter_vec(
                 &reg,
                 "weir_checkpoint_writes_total",
@@ -259,6 +348,7 @@ impl SelfMetrics {
             events_per_second,
             up,
             registry: reg,
+            exemplars: Default::default(),
         }
     }
 
@@ -289,6 +379,7 @@ pub fn io_error_kind(e: &std::io::Error) -> &'static str {
         K::NotFound => "not_found",
         _ => match e.raw_os_error() {
             Some(24) => "emfile",
+            Some(23) => "enfile",
             Some(5) => "eio",
             _ => "other",
         },
@@ -418,5 +509,24 @@ mod state_tests {
                 .iter()
                 .any(|f| f.name() == "weir_disk_errors_total"));
         }
+    }
+}
+
+#[cfg(test)]
+mod log_filter_tests {
+    use super::*;
+
+    #[test]
+    fn levels_and_targets_pass_and_bare_words_are_refused() {
+        for ok in [None, Some(""), Some("debug"), Some("INFO"), Some("info,weir::sink=debug")] {
+            assert!(log_filter(ok).is_ok(), "{ok:?}");
+        }
+        let err = log_filter(Some("verbose")).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "WEIR_LOG=\"verbose\": \"verbose\" is not a log level (use one of off, error, warn, \
+             info, debug, trace, or TARGET=LEVEL pairs such as info,weir::sink=debug)"
+        );
+        assert!(log_filter(Some("weir=loud")).is_err());
     }
 }

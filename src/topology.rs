@@ -586,7 +586,7 @@ fn spawn_source(
         }),
         SourceConfig::File(f) if ctx.oneshot => {
             // A backfill: every matching file once, to its end, in order.
-            let paths: Vec<PathBuf> = source::file::expand(&f.paths, &f.exclude)?
+            let paths: Vec<PathBuf> = source::file::expand(&f, &selfm, &stop)?
                 .into_iter()
                 .map(|(p, _)| p)
                 .collect();
@@ -732,7 +732,11 @@ pub async fn run(
         .is_some()
         .then(|| Arc::new(TapHub::new(event, selfm.taps_active.clone())));
     let processor = match &tap {
-        Some(t) => processor.with_tap(t.clone()),
+        Some(t) => {
+            // So that `weir tap --source NAME` can be told NAME does not exist.
+            t.add_sources(sources.iter().flat_map(crate::tap::source_names));
+            processor.with_tap(t.clone())
+        }
         None => processor,
     };
     // Reloads (live, from a file): SIGHUP, POST /-/reload, --watch-config.
@@ -757,7 +761,16 @@ pub async fn run(
             ));
             Some(tx)
         }
-        _ => None,
+        (config, _) => {
+            // SIGHUP must not kill weir (its default action) when there is nothing to reload.
+            let why = if config.is_none() {
+                "no --config"
+            } else {
+                "--oneshot"
+            };
+            tokio::spawn(reload::ignore_hangup(why, shutdown.clone()));
+            None
+        }
     };
     let processing = processor
         .spawn(rx, reload_rx, fill)
@@ -843,6 +856,9 @@ pub async fn run(
                     let Some(r) = tasks.join_next_with_id().await else { break };
                     let id = ended(r, &mut running);
                     stopping.retain(|i| *i != id);
+                }
+                if let Some(t) = &tap {
+                    t.add_sources(change.start.iter().flat_map(crate::tap::source_names));
                 }
                 for s in change.start {
                     let key = reload::source_key(&s);

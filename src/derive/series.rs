@@ -6,13 +6,20 @@
 //! overflow series and are counted) and what finds series idle for longer than their TTL, which
 //! are then removed from the exposition. Time here is in whole seconds since the stage started
 //! ("ticks"), read once per batch, not per event.
+//!
+//! A metric with exemplars gives each series its slots ([`super::exemplar`]) when the series is
+//! created; the update of an existing series writes its slot through the `Arc` it holds.
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use hashbrown::{Equivalent, HashMap};
 use prometheus::Counter;
 use prometheus::{CounterVec, Gauge, GaugeVec, Histogram, HistogramVec, IntCounter};
+
+use super::exemplar::{FamilyExemplars, SeriesExemplars};
+use crate::event::TimestampNs;
 
 /// Label value used for every label of the overflow series.
 pub const OVERFLOW_VALUE: &str = "__weir_overflow__";
@@ -96,6 +103,14 @@ impl Equivalent<LabelKey> for LabelRef<'_, '_> {
 struct Series {
     handle: Handle,
     last_tick: u32,
+    exemplars: Option<Arc<SeriesExemplars>>,
+}
+
+/// The trace id and timestamp of the event behind an update, for its exemplar.
+#[derive(Clone, Copy)]
+pub struct ExemplarOf<'a> {
+    pub trace_id: &'a str,
+    pub timestamp: TimestampNs,
 }
 
 /// The series of one metric.
@@ -110,6 +125,8 @@ pub struct SeriesTable {
     dropped: IntCounter,
     expired: IntCounter,
     active: prometheus::IntGauge,
+    /// The metric's exemplars (`exemplars = true`) and its bucket bounds (empty: a counter).
+    exemplars: Option<(Arc<FamilyExemplars>, Box<[f64]>)>,
 }
 
 impl Family {
@@ -148,14 +165,38 @@ impl SeriesTable {
             dropped,
             expired,
             active,
+            exemplars: None,
         }
     }
 
-    /// Applies `v` to the series of `labels` (one value per label, in label order).
-    pub fn update(&mut self, labels: &[Cow<'_, str>], tick: u32, v: f64) {
+    /// Keeps exemplars for the series, in `family` (histograms: per bucket of `buckets`).
+    pub fn with_exemplars(mut self, family: Arc<FamilyExemplars>, buckets: &[f64]) -> Self {
+        self.exemplars = Some((family, buckets.into()));
+        self
+    }
+
+    /// The metric's exemplars, if it keeps them.
+    pub fn exemplars(&self) -> Option<&Arc<FamilyExemplars>> {
+        self.exemplars.as_ref().map(|(f, _)| f)
+    }
+
+    /// Applies `v` to the series of `labels` (one value per label, in label order); `ex` is
+    /// the event's exemplar, kept if the metric keeps exemplars (not for the overflow series).
+    pub fn update(
+        &mut self,
+        labels: &[Cow<'_, str>],
+        tick: u32,
+        v: f64,
+        ex: Option<ExemplarOf<'_>>,
+    ) {
         if let Some(s) = self.map.get_mut(&LabelRef(labels)) {
             s.last_tick = tick;
             s.handle.apply(v);
+            if let (Some(slots), Some(ex), Some((_, bounds))) =
+                (&s.exemplars, ex, &self.exemplars)
+            {
+                slots.record(bounds, v, ex.trace_id, ex.timestamp);
+            }
             return;
         }
         if self.map.len() >= self.max_series {
@@ -170,11 +211,19 @@ impl SeriesTable {
         let values: Vec<&str> = labels.iter().map(|c| c.as_ref()).collect();
         let handle = self.family.handle(&values);
         handle.apply(v);
+        let exemplars = self.exemplars.as_ref().map(|(family, bounds)| {
+            let slots = family.add(&values);
+            if let Some(ex) = ex {
+                slots.record(bounds, v, ex.trace_id, ex.timestamp);
+            }
+            slots
+        });
         self.map.insert(
             LabelKey(values.iter().map(|s| Box::<str>::from(*s)).collect()),
             Series {
                 handle,
                 last_tick: tick,
+                exemplars,
             },
         );
         self.active.set(self.map.len() as i64);
@@ -185,11 +234,15 @@ impl SeriesTable {
         let Some(ttl) = self.ttl_ticks else { return 0 };
         let before = self.map.len();
         let family = &self.family;
+        let exemplars = &self.exemplars;
         self.map.retain(|key, s| {
             let keep = tick.saturating_sub(s.last_tick) <= ttl;
             if !keep {
                 let values: Vec<&str> = key.0.iter().map(|s| &**s).collect();
                 family.remove(&values);
+                if let Some((e, _)) = exemplars {
+                    e.remove(&key.0);
+                }
             }
             keep
         });
@@ -253,7 +306,7 @@ mod tests {
     fn limit_sends_new_label_sets_to_the_overflow_series() {
         let (mut t, reg, dropped, _) = table(2, None);
         for v in ["x", "y", "x", "z", "w", "y"] {
-            t.update(&[Cow::Borrowed(v)], 0, 1.0);
+            t.update(&[Cow::Borrowed(v)], 0, 1.0, None);
         }
         assert_eq!(
             values(&reg),
@@ -269,16 +322,16 @@ mod tests {
     #[test]
     fn idle_series_expire_and_come_back_from_zero() {
         let (mut t, reg, _, expired) = table(10, Some(60));
-        t.update(&[Cow::Borrowed("old")], 0, 5.0);
-        t.update(&[Cow::Borrowed("busy")], 0, 1.0);
-        t.update(&[Cow::Borrowed("busy")], 50, 1.0);
+        t.update(&[Cow::Borrowed("old")], 0, 5.0, None);
+        t.update(&[Cow::Borrowed("busy")], 0, 1.0, None);
+        t.update(&[Cow::Borrowed("busy")], 50, 1.0, None);
         assert_eq!(t.expire(100), 1);
         assert_eq!(expired.get(), 1);
         assert_eq!(values(&reg), vec![("busy".to_string(), 2.0)]);
-        t.update(&[Cow::Borrowed("old")], 101, 1.0);
+        t.update(&[Cow::Borrowed("old")], 101, 1.0, None);
         assert_eq!(values(&reg)[1], ("old".to_string(), 1.0));
         let (mut keep, _, _, _) = table(10, None);
-        keep.update(&[Cow::Borrowed("x")], 0, 1.0);
+        keep.update(&[Cow::Borrowed("x")], 0, 1.0, None);
         assert_eq!(keep.expire(1_000_000), 0);
     }
 }

@@ -89,7 +89,8 @@ fn epoch_from_text(raw: &str) -> Option<TimestampNs> {
         for (i, b) in frac.bytes().take(9).enumerate() {
             nanos += i64::from(b - b'0') * 10i64.pow(8 - i as u32);
         }
-        return Some(secs * 1_000_000_000 + nanos);
+        // Past i64 nanoseconds (year 2262) is no timestamp: checked, not wrapped.
+        return secs.checked_mul(1_000_000_000)?.checked_add(nanos);
     }
     if !digits(raw) {
         return None;
@@ -97,8 +98,8 @@ fn epoch_from_text(raw: &str) -> Option<TimestampNs> {
     let n: i64 = raw.parse().ok()?;
     Some(match n {
         n if n < 100_000_000_000 => n.checked_mul(1_000_000_000)?,
-        n if n < 100_000_000_000_000 => n * 1_000_000,
-        n if n < 100_000_000_000_000_000 => n * 1_000,
+        n if n < 100_000_000_000_000 => n.checked_mul(1_000_000)?,
+        n if n < 100_000_000_000_000_000 => n.checked_mul(1_000)?,
         n => n,
     })
 }
@@ -213,6 +214,28 @@ mod tests {
         }
         assert_eq!(timestamp_of(&Value::Bool(true)), None);
         assert_eq!(timestamp_of(&Value::Null), None);
+    }
+
+    /// Found by `fuzz/run.sh text_parsers` (overflow checks on): epoch seconds, milliseconds or
+    /// microseconds past year 2262 overflowed i64 nanoseconds (a panic with overflow checks, a
+    /// wrapped timestamp without). They are no timestamp now; the line gets its arrival time.
+    #[test]
+    fn epochs_past_i64_nanoseconds_are_not_timestamps() {
+        for raw in [
+            "20240078134.1",
+            "99999999999.999999999",
+            "9223372037",
+            "99999999999999",
+            "99999999999999999",
+        ] {
+            assert_eq!(epoch_from_text(raw), None, "{raw}");
+        }
+        assert_eq!(parse_timestamp("20240078134.1"), None);
+        assert_eq!(epoch_from_text("9223372036.854775807"), Some(i64::MAX));
+        assert_eq!(
+            epoch_from_text("1704110400.25"),
+            Some(1_704_110_400_250_000_000)
+        );
     }
 
     proptest! {

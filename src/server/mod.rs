@@ -1,7 +1,7 @@
 //! The HTTP surface, split in two listeners by what a caller may learn or do.
 //!
 //! - **Public** (`--listen`, default `0.0.0.0:9090`): `/metrics` (Prometheus text format
-//!   0.0.4), `/health`, `/ready`, `/alerts` (the pending and firing alerts: names, labels,
+//!   0.0.4; OpenMetrics 1.0 with exemplars when asked for, see [`openmetrics`]), `/health`, `/ready`, `/alerts` (the pending and firing alerts: names, labels,
 //!   values — what Prometheus' own `/alerts` shows anyone who can scrape it). TLS and basic
 //!   auth from `--web-config-file` ([`web_config`], the exporter-toolkit's format); `/health`
 //!   and `/ready` answer without credentials (liveness probes carry none; they tell nothing).
@@ -19,6 +19,7 @@
 
 pub mod auth;
 pub mod listener;
+pub mod openmetrics;
 pub mod web_config;
 
 use std::net::SocketAddr;
@@ -314,7 +315,24 @@ pub fn exposition(derived: &Registry, selfm: &SelfMetrics) -> Result<String, pro
     Exposition::gather(derived, selfm).collect()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: OpenMetrics 1.0 with exemplars when the `Accept` header asks for it
+/// (Prometheus does), else the 0.0.4 text format.
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(openmetrics::accepts_openmetrics);
+    if openmetrics {
+        let mut families = state.derived.gather();
+        families.extend(state.selfm.registry.gather());
+        let chunks = openmetrics::OpenMetrics::new(families, state.selfm.exemplars.clone());
+        return (
+            [(header::CONTENT_TYPE, openmetrics::CONTENT_TYPE)],
+            axum::body::Body::from_stream(futures_util::stream::iter(chunks)),
+        )
+            .into_response();
+    }
     let chunks = Exposition::gather(&state.derived, &state.selfm);
     (
         [(

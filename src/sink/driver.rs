@@ -70,6 +70,21 @@ impl SinkMetrics {
     }
 }
 
+/// Lines shown per reason in the end-of-run "lost" warning.
+const LOST_SAMPLES: usize = 3;
+/// Characters of a sample line in that warning.
+const LOST_SAMPLE_CHARS: usize = 200;
+
+/// Events of one sink that were rejected for good and kept nowhere (no `dead_letter_path`, or
+/// its file could not be written), by reason: reported once, loudly, when the sink ends, so a
+/// run that exits 0 still says what it lost.
+#[derive(Default)]
+struct Lost {
+    events: u64,
+    /// The first few lines, cut at [`LOST_SAMPLE_CHARS`].
+    samples: Vec<String>,
+}
+
 /// Where events that can never be delivered go: one JSON object per line with the sink, the
 /// reason, the event id and the original line.
 pub struct DeadLetter {
@@ -78,6 +93,8 @@ pub struct DeadLetter {
     sink: String,
     /// Rate limit of the "cannot write the dead-letter file" line.
     errors: crate::telemetry::LogLimit,
+    /// What was lost, by reason (bounded: reasons are a short fixed set of labels).
+    lost: std::collections::BTreeMap<String, Lost>,
 }
 
 impl DeadLetter {
@@ -87,6 +104,36 @@ impl DeadLetter {
             file: None,
             sink: sink.to_string(),
             errors: crate::telemetry::LogLimit::default(),
+            lost: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Remembers `events` as lost for `why` (reason, and how it came to be lost).
+    fn lose(&mut self, events: &[SinkEvent], why: String) {
+        let lost = self.lost.entry(why).or_default();
+        lost.events += events.len() as u64;
+        for ev in events {
+            if lost.samples.len() >= LOST_SAMPLES {
+                break;
+            }
+            lost.samples
+                .push(ev.line.chars().take(LOST_SAMPLE_CHARS).collect());
+        }
+    }
+
+    /// Logs, once, a WARN per reason for the events lost so far (count, sink, reason, the
+    /// first lines), and forgets them. Called when the sink ends (see [`Drop`]).
+    pub fn report_lost(&mut self) {
+        for (why, lost) in std::mem::take(&mut self.lost) {
+            tracing::warn!(
+                sink = %self.sink,
+                events = lost.events,
+                reason = %why,
+                first_lines = ?lost.samples,
+                "{} events rejected by sink {} were lost ({why}); set dead_letter_path to keep them",
+                lost.events,
+                self.sink
+            );
         }
     }
 
@@ -96,6 +143,7 @@ impl DeadLetter {
         m.dead(reason, events.len());
         let Some(path) = &self.path else {
             tracing::error!(sink = %self.sink, events = events.len(), reason, detail, "events rejected for good (no dead_letter_path: not kept)");
+            self.lose(events, format!("{reason}, no dead_letter_path"));
             return;
         };
         if self.file.is_none() {
@@ -110,6 +158,7 @@ impl DeadLetter {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
                     self.failed(path.clone(), &e, events.len());
+                    self.lose(events, format!("{reason}, dead-letter file not writable"));
                     return;
                 }
             }
@@ -139,6 +188,7 @@ impl DeadLetter {
                 }
                 let path = path.clone();
                 self.failed(path, &e, events.len());
+                self.lose(events, format!("{reason}, dead-letter file not writable"));
             }
         }
         tracing::warn!(sink = %self.sink, events = events.len(), reason, detail, "events dead-lettered");
@@ -154,6 +204,13 @@ impl DeadLetter {
         if let Some(suppressed) = self.errors.hit() {
             tracing::error!(path = %path.display(), error = %e, kind, events, suppressed, "cannot write the dead-letter file: these events are only counted");
         }
+    }
+}
+
+impl Drop for DeadLetter {
+    /// Every way a sink ends drops its dead letter: the loss report cannot be skipped.
+    fn drop(&mut self) {
+        self.report_lost();
     }
 }
 

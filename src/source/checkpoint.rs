@@ -202,6 +202,17 @@ impl Store {
         Ok(())
     }
 
+    /// Moves the position of a file that has an entry already (one closed for now, whose
+    /// batches in flight are still being acknowledged); its fingerprint stays.
+    pub fn advance(&mut self, key: FileKey, offset: u64) {
+        if let Some(e) = self.files.get_mut(&key.id()) {
+            if e.offset != offset {
+                e.offset = offset;
+                self.dirty = true;
+            }
+        }
+    }
+
     /// Forgets a file (deleted, or rotated out of the source's paths).
     pub fn forget(&mut self, key: FileKey) {
         if self.files.remove(&key.id()).is_some() {

@@ -82,6 +82,10 @@ pub struct FileConfig {
     /// Most files read at once; more wait their turn. Default: 256.
     #[serde(default = "default_max_open_files")]
     pub max_open_files: usize,
+    /// Most files one expansion of the globs lists; past it the walk stops, says so in a
+    /// warning and counts `weir_file_skipped_total{reason="max_glob_matches"}`. Default: 100000.
+    #[serde(default = "default_max_glob_matches")]
+    pub max_glob_matches: usize,
     /// A last line without newline is emitted after waiting this long. Default: 5000.
     #[serde(default = "default_partial_line_timeout_ms")]
     pub partial_line_timeout_ms: u64,
@@ -115,6 +119,7 @@ impl FileConfig {
             read_from: file::ReadFrom::Beginning,
             format,
             max_open_files: default_max_open_files(),
+            max_glob_matches: default_max_glob_matches(),
             partial_line_timeout_ms: default_partial_line_timeout_ms(),
             rescan_interval_ms: default_rescan_interval_ms(),
             poll_interval_ms: default_poll_interval_ms(),
@@ -127,6 +132,9 @@ impl FileConfig {
 
 const fn default_max_open_files() -> usize {
     256
+}
+const fn default_max_glob_matches() -> usize {
+    100_000
 }
 const fn default_partial_line_timeout_ms() -> u64 {
     5000

@@ -23,6 +23,13 @@ pub async fn run(
     max_line_bytes: usize,
     selfm: SelfMetrics,
 ) -> std::io::Result<()> {
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // A newcomer who types `weir run` sees weir wait: say what it waits for.
+        tracing::info!(
+            "reading stdin, which is a terminal: pipe logs in (`app | weir run`) or name files \
+             (`weir run app.log`); Ctrl-D ends the input, Ctrl-C stops weir"
+        );
+    }
     let name: Arc<str> = Arc::from("stdin");
     // Following: a read that ends at the joiner's deadline is not the end of the input.
     let input = Quiet::new(tokio::io::stdin());

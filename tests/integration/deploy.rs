@@ -549,6 +549,12 @@ fn dashboard_queries_parse_and_name_metrics_weir_exports() {
                 "weir_channel_fill",
                 "weir_sink_dead_lettered_total",
                 "weir_alert_notifications_total",
+                "process_cpu_seconds_total",
+                "process_resident_memory_bytes",
+                "process_open_fds",
+                "process_max_fds",
+                "process_threads",
+                "process_start_time_seconds",
             ][..],
         ),
     ] {
@@ -622,6 +628,20 @@ fn grafana_provisioning_names_the_stack() {
     for (t, uid) in [("prometheus", "prometheus"), ("loki", "loki")] {
         assert_eq!(by_type[t]["uid"].as_str(), Some(uid));
     }
+    // Tempo, linked from a span to its trace's lines in Loki and to the task metrics.
+    let tempo = by_type["tempo"];
+    assert_eq!(tempo["url"].as_str(), Some("http://tempo:3200"));
+    let to_logs = &tempo["jsonData"]["tracesToLogsV2"];
+    assert_eq!(to_logs["datasourceUid"].as_str(), Some("loki"));
+    let q = to_logs["query"].as_str().expect("tracesToLogsV2 query");
+    // `$$` is a literal `$` in Grafana's provisioning (a lone `$` is an environment variable);
+    // the Loki sink's label and structured metadata.
+    assert!(q.starts_with(r#"{job="weir"}"#), "{q}");
+    assert!(q.contains(".trace_id") && q.contains("$${__trace.traceId}"), "{q}");
+    assert_eq!(
+        tempo["jsonData"]["tracesToMetrics"]["datasourceUid"].as_str(),
+        Some("prometheus")
+    );
     let dash = &yaml_docs("config/grafana/provisioning/dashboards/dashboards.yml")[0];
     assert_eq!(
         dash["providers"][0]["options"]["path"].as_str(),
@@ -888,12 +908,13 @@ fn prometheus_scrapes_weir_and_the_shipped_rules_fire() {
 
 // ------------------------------------------------------------------ compose, image, kubernetes
 
-const STACK: [&str; 8] = [
+const STACK: [&str; 9] = [
     "app",
     "weir",
     "prometheus",
     "grafana",
     "loki",
+    "tempo",
     "elasticsearch",
     "kibana",
     "alertmanager",
@@ -943,6 +964,10 @@ fn compose_file_describes_the_stack() {
                 );
             }
         }
+        // Published ports on loopback only: security is off in several services.
+        for p in strings(&s["ports"]) {
+            assert!(p.starts_with("127.0.0.1:"), "{name}: port {p} not on 127.0.0.1");
+        }
         // Health checks on every long-running service; one-shot jobs and the generator
         // (which serves no HTTP) say so.
         let hc = &s["healthcheck"];
@@ -971,6 +996,7 @@ fn compose_file_describes_the_stack() {
         "prometheus",
         "grafana",
         "loki",
+        "tempo",
         "elasticsearch",
         "alertmanager",
     ] {
@@ -1046,6 +1072,58 @@ fn compose_file_describes_the_stack() {
         image.rsplit_once(':').expect("tag").1.to_string()
     };
     assert_eq!(version("kibana"), version("elasticsearch"));
+    // Exemplars (the trace ids on weir's OpenMetrics samples) are kept.
+    assert!(
+        prom.contains(&"--enable-feature=exemplar-storage".to_string()),
+        "{prom:?}"
+    );
+
+    // Tempo: its config from the repository, its data in its volume, OTLP and its API published.
+    let tempo = strings(&service("tempo")["command"]);
+    assert_eq!(tempo, ["-config.file=/etc/tempo/tempo.yml"]);
+    assert_eq!(
+        mount_of("tempo", "/etc/tempo/tempo.yml").as_deref(),
+        Some("./config/tempo")
+    );
+    let tempo_ports = strings(&service("tempo")["ports"]);
+    for port in ["3200", "4317", "4318"] {
+        assert!(
+            tempo_ports.iter().any(|p| p.ends_with(&format!(":{port}"))),
+            "tempo publishes no {port}: {tempo_ports:?}"
+        );
+    }
+    let tempo_cfg = &yaml_docs("config/tempo/tempo.yml")[0];
+    assert_eq!(tempo_cfg["server"]["http_listen_port"].as_i64(), Some(3200));
+    let otlp = &tempo_cfg["distributor"]["receivers"]["otlp"]["protocols"];
+    // Reachable from the other containers, not only on Tempo's own localhost.
+    assert_eq!(otlp["http"]["endpoint"].as_str(), Some("0.0.0.0:4318"));
+    assert_eq!(otlp["grpc"]["endpoint"].as_str(), Some("0.0.0.0:4317"));
+    let tempo_volume = mount_of("tempo", "/var/tempo/wal").expect("tempo's data on a volume");
+    assert!(declared.contains(tempo_volume.as_str()), "{tempo_volume}");
+    for path in [
+        &tempo_cfg["storage"]["trace"]["wal"]["path"],
+        &tempo_cfg["storage"]["trace"]["local"]["path"],
+    ] {
+        let path = path.as_str().expect("tempo storage path");
+        assert_eq!(
+            mount_of("tempo", path).as_deref(),
+            Some(tempo_volume.as_str()),
+            "{path}"
+        );
+    }
+    // weir's stack pipeline sends its spans there, and waits for Tempo to start.
+    let pipeline: toml::Table = read("config/weir/pipeline.toml").parse().expect("TOML");
+    let sinks = pipeline["sinks"].as_array().expect("[[sinks]]");
+    let to_tempo = sinks
+        .iter()
+        .find(|s| s["type"].as_str() == Some("otlp"))
+        .expect("an otlp sink in config/weir/pipeline.toml");
+    assert_eq!(to_tempo["endpoint"].as_str(), Some("http://tempo:4318"));
+    assert!(
+        !pipeline["spans"].as_array().expect("[[spans]]").is_empty(),
+        "the stack pipeline makes no spans"
+    );
+    assert!(!service("weir")["depends_on"]["tempo"].is_badvalue());
     let es = &service("elasticsearch")["environment"];
     assert_eq!(es["discovery.type"].as_str(), Some("single-node"));
     assert_eq!(es["xpack.security.enabled"].as_str(), Some("false"));

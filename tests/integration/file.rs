@@ -588,3 +588,362 @@ fn sigterm_with_a_rotated_file_held_and_its_tail_read_after_restart() {
     sorted.sort_unstable();
     assert_eq!(sorted, want, "every line once, across the restart");
 }
+
+// ---- Hostile inputs: symlink loops, FIFOs, files replaced by directories, more files than
+// max_open_files, descriptors running out, SIGHUP. Each reproduces a defect first seen on a
+// release build (issue 13).
+
+/// Sends `signal` (TERM, HUP) to the child.
+fn signal(child: &Child, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+/// Waits for the child to exit, failing the test after `secs`.
+fn exit_within(child: &mut Child, secs: u64, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "weir still running {secs} s after {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// weir's log lines until one satisfies `want` (30 s), all of them returned.
+fn stderr_until(rx: &Receiver<String>, mut want: impl FnMut(&serde_json::Value) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("weir did not log what was expected; it logged {seen:#?}"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or(serde_json::Value::Null);
+        seen.push(line);
+        if want(&v) {
+            return seen;
+        }
+    }
+}
+
+fn message_is(v: &serde_json::Value, m: &str) -> bool {
+    v["fields"]["message"].as_str().is_some_and(|s| s.starts_with(m))
+}
+
+/// The /metrics address from weir's log.
+fn metrics_addr(rx: &Receiver<String>) -> String {
+    let lines = stderr_until(rx, |v| message_is(v, "serving /metrics"));
+    let v: serde_json::Value = serde_json::from_str(lines.last().expect("a line")).expect("JSON");
+    v["fields"]["addr"].as_str().expect("addr").to_string()
+}
+
+/// `g/sub/loop -> .` and `g/sub/loop2 -> ../sub` under `g/**/*.log`: `--oneshot` ends and
+/// counts each real file's lines once (it used to spin forever, deaf to SIGTERM); tailing
+/// reads every file once and stops promptly on SIGTERM.
+#[cfg(unix)]
+#[test]
+fn directory_symlink_loops_under_globstar_are_walked_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let g = dir.path().join("g");
+    std::fs::create_dir_all(g.join("sub/deep")).expect("mkdir");
+    append(&g.join("top.log"), 0, 10);
+    append(&g.join("sub/a.log"), 10, 30);
+    append(&g.join("sub/deep/b.log"), 30, 60);
+    std::os::unix::fs::symlink(".", g.join("sub/loop")).expect("symlink");
+    std::os::unix::fs::symlink("../sub", g.join("sub/loop2")).expect("symlink");
+    let pattern = format!("{}/**/*.log", g.display());
+
+    let mut child = weir()
+        .args(["run", "--oneshot", &pattern])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weir");
+    let stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || read_all(stdout));
+    let status = exit_within(&mut child, 60, "starting a oneshot over a symlink loop");
+    assert!(status.success(), "exit status {status}");
+    let m = parse_exposition(&reader.join().expect("reader"));
+    assert_eq!(
+        m.get(&key("weir_events_total", &[("source", &pattern)])),
+        Some(&60.0),
+        "each of the 60 lines once"
+    );
+
+    let mut t = tail(&g.join("**/*.log"), &dir.path().join("data"), &[]);
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, 60);
+    std::thread::sleep(Duration::from_millis(1500));
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..60).collect::<Vec<_>>(), "every line once");
+    signal(&t.child, "TERM");
+    let status = exit_within(&mut t.child, 10, "SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
+
+/// A FIFO the glob matches is never opened (its open would block until a writer comes): a
+/// warning names it, `weir_file_skipped_total{reason="not_regular"}` counts it once, the
+/// regular files beside it are read, and SIGTERM stops weir at once.
+#[cfg(unix)]
+#[test]
+fn a_fifo_matched_by_the_glob_is_skipped_said_and_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("mkdir");
+    let fifo = logs.join("pipe.log");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+    append(&logs.join("app.log"), 0, 20);
+    let mut t = tail(&logs.join("*.log"), &dir.path().join("data"), &[]);
+    let addr = metrics_addr(&t._stderr);
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, 20);
+    let warned = stderr_until(&t._stderr, |v| {
+        message_is(v, "not a regular file") && v["fields"]["path"] == fifo.display().to_string()
+    });
+    assert!(!warned.is_empty());
+    // A fifo created while weir runs is skipped too (notify sees it first: never opened).
+    let fifo2 = logs.join("late.log");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo2)
+        .status()
+        .is_ok_and(|s| s.success()));
+    append(&logs.join("app.log"), 20, 30);
+    collect(&t.lines, &mut got, 30);
+    wait_for_metric(&addr, "weir_file_skipped_total", &[("reason", "not_regular")], 2.0);
+    // Rescans do not count the same FIFO again.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        metric(&addr, "weir_file_skipped_total", &[("reason", "not_regular")]),
+        2.0
+    );
+    signal(&t.child, "TERM");
+    let status = exit_within(&mut t.child, 10, "SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    got.sort_unstable();
+    assert_eq!(got, (0..30).collect::<Vec<_>>());
+}
+
+/// The followed file is replaced by a directory (and the directory by a file again): nothing
+/// is lost, nothing breaks, the new file is read, SIGTERM stops weir promptly.
+#[test]
+fn a_file_replaced_by_a_directory_neither_hangs_nor_breaks_the_source() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let live = dir.path().join("app.log");
+    let pipeline = file_pipeline(dir.path(), &live, "rotate_wait_ms = 200");
+    append(&live, 0, 10);
+    let args: Vec<std::ffi::OsString> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--config".into(),
+        pipeline.into(),
+    ];
+    let mut t = tail_args(&args);
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, 10);
+    std::fs::remove_file(&live).expect("rm");
+    std::fs::create_dir(&live).expect("mkdir in its place");
+    append(&live.join("inner.log"), 500, 510);
+    std::thread::sleep(Duration::from_millis(2500));
+    std::fs::remove_dir_all(&live).expect("rmdir");
+    append(&live, 10, 20);
+    collect(&t.lines, &mut got, 20);
+    signal(&t.child, "TERM");
+    let status = exit_within(&mut t.child, 10, "SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    got.sort_unstable();
+    assert_eq!(got, (0..20).collect::<Vec<_>>(), "the directory's file is not selected");
+}
+
+/// 2,000 files, `max_open_files = 16`: files take turns (closed at their end, reopened at
+/// their position), so every line is read exactly once, also lines appended later to files
+/// whose turn is over; the waiting files are said (a warning) and counted.
+#[test]
+fn more_files_than_max_open_files_all_get_read_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("mkdir");
+    let (files, per) = (2000u64, 5u64);
+    for f in 0..files {
+        append(&logs.join(format!("f{f:04}.log")), f * per, (f + 1) * per);
+    }
+    let pipeline = file_pipeline(dir.path(), &logs.join("*.log"), "max_open_files = 16");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        dir.path().join("data").into(),
+        "--config".into(),
+        pipeline.into(),
+    ];
+    let mut t = tail_args(&args);
+    let addr = metrics_addr(&t._stderr);
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, (files * per) as usize);
+    stderr_until(&t._stderr, |v| message_is(v, "more files than max_open_files"));
+    // Files whose turn is over get more lines: each is reopened where it was left.
+    for f in (0..files).step_by(20) {
+        append(
+            &logs.join(format!("f{f:04}.log")),
+            100_000 + f,
+            100_001 + f,
+        );
+    }
+    let total = files * per + files / 20;
+    collect(&t.lines, &mut got, total as usize);
+    std::thread::sleep(Duration::from_millis(1500));
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    let mut want: Vec<u64> = (0..files * per)
+        .chain((0..files).step_by(20).map(|f| 100_000 + f))
+        .collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got.len(), want.len(), "no line twice, none missing");
+    assert_eq!(got, want);
+    assert!(metric(&addr, "weir_files_open", &[]) <= 16.0);
+    assert_eq!(metric(&addr, "weir_files_waiting", &[]), 0.0, "nobody waits at the end");
+    assert_eq!(metric(&addr, "weir_file_events_total", &[("event", "rotated")]), 0.0);
+    signal(&t.child, "TERM");
+    let status = exit_within(&mut t.child, 10, "SIGTERM");
+    assert!(status.success(), "exit status {status}");
+}
+
+/// Fewer descriptors than files (`ulimit -n 64`, 300 files): an open failing with EMFILE is
+/// reported as such (logged with its kind), never taken for a rotation or a deletion, and
+/// retried: every line arrives, once.
+#[cfg(unix)]
+#[test]
+fn emfile_is_reported_as_emfile_and_every_line_still_arrives() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("mkdir");
+    let (files, per) = (300u64, 4u64);
+    for f in 0..files {
+        append(&logs.join(format!("f{f:03}.log")), f * per, (f + 1) * per);
+    }
+    let script = format!(
+        "ulimit -n 64 && exec \"$0\" run --stdout --listen 127.0.0.1:0 --data-dir '{}' '{}'",
+        dir.path().join("data").display(),
+        logs.join("*.log").display()
+    );
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_weir")])
+        .env("WEIR_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir under ulimit");
+    let out = child.stdout.take().expect("stdout");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let (etx, logs_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = etx.send(l);
+        }
+    });
+    let mut t = Tailer {
+        child,
+        lines,
+        _stderr: logs_rx,
+    };
+    let mut got = Vec::new();
+    collect(&t.lines, &mut got, (files * per) as usize);
+    std::thread::sleep(Duration::from_millis(1000));
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    signal(&t.child, "TERM");
+    let status = exit_within(&mut t.child, 10, "SIGTERM");
+    let log: Vec<String> = t._stderr.try_iter().collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..files * per).collect::<Vec<_>>(), "every line once");
+    assert!(status.success(), "exit status {status}");
+    let has = |needle: &str| log.iter().any(|l| l.contains(needle));
+    assert!(
+        has("\"kind\":\"emfile\""),
+        "the open failures are logged as EMFILE: {log:#?}"
+    );
+    assert!(!has("file rotated") && !has("file deleted") && !has("file renamed"));
+}
+
+/// SIGHUP without `--config` used to kill weir (rc 129, lines lost): now it is logged and
+/// weir goes on: every line comes out and the exit status is 0.
+#[cfg(unix)]
+#[test]
+fn sighup_without_a_config_file_is_logged_and_changes_nothing() {
+    let mut child = weir()
+        .args(["run", "--stdout", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weir");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let out = child.stdout.take().expect("stdout");
+    let err = child.stderr.take().expect("stderr");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let (etx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = etx.send(l);
+        }
+    });
+    let mut t = Tailer {
+        child,
+        lines,
+        _stderr: logs,
+    };
+    metrics_addr(&t._stderr);
+    let (chunk, chunks) = (10_000u64, 3u64);
+    let mut got = Vec::new();
+    for c in 0..chunks {
+        let mut buf = String::new();
+        for i in c * chunk..(c + 1) * chunk {
+            buf.push_str(&line(i));
+        }
+        stdin.write_all(buf.as_bytes()).expect("write");
+        stdin.flush().expect("flush");
+        collect(&t.lines, &mut got, ((c + 1) * chunk) as usize);
+        if c + 1 < chunks {
+            signal(&t.child, "HUP");
+            stderr_until(&t._stderr, |v| {
+                message_is(v, "SIGHUP: no --config, nothing to reload")
+            });
+        }
+    }
+    drop(stdin);
+    let status = exit_within(&mut t.child, 30, "stdin closed");
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    while let Ok(l) = t.lines.try_recv() {
+        got.push(seq_of(&l));
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..chunk * chunks).collect::<Vec<_>>());
+}

@@ -16,6 +16,7 @@ mod multiline;
 mod otlp;
 mod parse_report;
 mod pipeline_tests;
+mod reference;
 mod reload;
 mod state;
 #[path = "../support/mod.rs"]

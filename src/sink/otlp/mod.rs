@@ -32,7 +32,13 @@
 //! retries with backoff, dead letters). An event's acknowledgement is shared by both, so a
 //! file checkpoint advances only once the line's log record *and* its span are delivered (or
 //! dead-lettered). The signals retry independently: a traces endpoint that is down does not
-//! resend logs.
+//! resend logs; but once its driver's channel is full the splitter waits, so the logs wait
+//! too (backpressure, as for any sink; with a disk buffer the events wait on disk).
+//!
+//! Why not one driver: the HTTP driver sends one request per batch to one URL, and OTLP wants
+//! traces and logs at two paths, each answered (and retried) on its own. Riding on the event
+//! keeps the processor, the fan-out, the disk buffer and the acknowledgements as they are; the
+//! cost is a clone of each event that ends a span (for the traces driver).
 //!
 //! # Responses (the OTLP/HTTP specification)
 //! - 2xx is delivered. A body with `partial_success` (rejected spans or records, a message) is

@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 
 use clap::CommandFactory;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::config::PipelineConfig;
 use crate::derive::span::SpanName;
@@ -52,7 +52,11 @@ impl JsonSchema for LabelSpec {
         "LabelSpec".into()
     }
     fn json_schema(g: &mut SchemaGenerator) -> Schema {
-        let from = g.subschema_for::<PathList>();
+        let mut from = g.subschema_for::<PathList>();
+        from.insert(
+            "description".into(),
+            "Field path(s) of the value, tried in order. Required.".into(),
+        );
         json_schema!({
             "description": "Where a label's value comes from: a field path (`agent = \"metadata.agent_id\"`), or a table `{ from = \"path\", default = \"value\", remember_by = \"field\" }`.",
             "anyOf": [
@@ -61,8 +65,8 @@ impl JsonSchema for LabelSpec {
                     "type": "object",
                     "properties": {
                         "from": from,
-                        "default": { "type": "string", "description": "Value when the event lacks the field. Default: the series is not updated." },
-                        "remember_by": { "type": "string", "description": "Field that keys a remembered value: an event lacking `from` takes the last value seen for the same `remember_by`." }
+                        "default": { "type": "string", "description": "Value when the event lacks the field. Default: the empty string." },
+                        "remember_by": { "type": "string", "description": "An event lacking the field takes the value last seen on an earlier event with the same value of this field (such as `trace_id`). Default: none." }
                     },
                     "required": ["from"],
                     "additionalProperties": false
@@ -115,10 +119,7 @@ impl JsonSchema for EventExpect {
 /// The pipeline file's JSON Schema (draft 2020-12), as pretty JSON ending in a newline.
 pub fn schema_json() -> String {
     let mut schema = schemars::schema_for!(PipelineConfig);
-    schema.insert(
-        "title".into(),
-        Value::String("weir pipeline file".into()),
-    );
+    schema.insert("title".into(), Value::String("weir pipeline file".into()));
     let mut s = serde_json::to_string_pretty(&schema)
         .unwrap_or_else(|e| format!("{{\"error\": \"cannot serialise the schema: {e}\"}}"));
     s.push('\n');
@@ -146,14 +147,14 @@ pub fn markdown() -> String {
     let mut queue: VecDeque<String> = VecDeque::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     out.push_str("## Top level\n\n");
-    render_object(&mut out, &schema, "", &mut queue, &mut seen);
+    render_object(&mut out, &schema, "", &defs, &mut queue, &mut seen);
     while let Some(name) = queue.pop_front() {
         let Some(def) = defs.get(&name) else { continue };
         let _ = write!(out, "## {name}\n\n");
         if let Some(d) = def.get("description").and_then(Value::as_str) {
-            let _ = write!(out, "{}\n\n", d.trim());
+            let _ = write!(out, "{}\n\n", unlink(d.trim()));
         }
-        render_object(&mut out, def, "", &mut queue, &mut seen);
+        render_object(&mut out, def, "", &defs, &mut queue, &mut seen);
     }
     out
 }
@@ -164,6 +165,7 @@ fn render_object(
     out: &mut String,
     schema: &Value,
     heading: &str,
+    defs: &Map<String, Value>,
     queue: &mut VecDeque<String>,
     seen: &mut BTreeSet<String>,
 ) {
@@ -191,7 +193,7 @@ fn render_object(
                 cell(&type_of(p, queue, seen)),
                 cell(&default),
                 cell(description),
-                cell(&example_of(key, p, &default)),
+                cell(&example_of(key, resolve(p, defs), &default)),
             );
         }
         out.push('\n');
@@ -217,9 +219,9 @@ fn render_object(
                 };
                 let _ = write!(out, "###{heading} `{tag} = \"{value}\"`\n\n");
                 if let Some(d) = v.get("description").and_then(Value::as_str) {
-                    let _ = write!(out, "{}\n\n", d.trim());
+                    let _ = write!(out, "{}\n\n", unlink(d.trim()));
                 }
-                render_object(out, v, heading, queue, seen);
+                render_object(out, v, heading, defs, queue, seen);
                 if let Some(r) = v.get("$ref").and_then(Value::as_str) {
                     let name = ref_name(r);
                     let _ = write!(out, "The other keys: see [{name}](#{}).\n\n", anchor(name));
@@ -227,13 +229,41 @@ fn render_object(
                 }
             }
         } else {
-            let alts: Vec<String> = variants.iter().map(|v| type_of(v, queue, seen)).collect();
-            let _ = write!(out, "One of: {}.\n\n", alts.join(", or "));
+            out.push_str("One of:\n\n");
+            let mut tables = Vec::new();
+            for v in variants {
+                let text = if v.get("properties").is_some() {
+                    tables.push(v);
+                    "a table (keys below)".to_string()
+                } else {
+                    type_of(v, queue, seen)
+                };
+                match v.get("description").and_then(Value::as_str) {
+                    Some(d) => {
+                        let _ = writeln!(out, "- {text}: {}", cell(d.trim()));
+                    }
+                    None => {
+                        let _ = writeln!(out, "- {text}");
+                    }
+                }
+            }
+            out.push('\n');
+            for t in tables {
+                render_object(out, t, heading, defs, queue, seen);
+            }
         }
     }
     if let Some(values) = schema.get("enum").and_then(Value::as_array) {
         let _ = write!(out, "One of: {}.\n\n", literal_list(values));
     }
+}
+
+/// The definition a `$ref` points to (for examples), or the schema itself.
+fn resolve<'a>(p: &'a Value, defs: &'a Map<String, Value>) -> &'a Value {
+    p.get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| defs.get(ref_name(r)))
+        .unwrap_or(p)
 }
 
 /// `(tag key, tag value)` of an internally tagged enum variant (`type = "loki"`).
@@ -328,8 +358,10 @@ fn type_of(p: &Value, queue: &mut VecDeque<String>, seen: &mut BTreeSet<String>)
 
 /// The default: the schema's `default`, else the "Default: ..." sentence of the doc.
 fn default_of(p: &Value, description: &str) -> String {
-    if let Some(d) = p.get("default") {
-        return format!("`{d}`");
+    match p.get("default") {
+        Some(Value::Null) => return "none".to_string(),
+        Some(d) => return format!("`{d}`"),
+        None => {}
     }
     match description.find("Default: ") {
         Some(i) => {
@@ -342,7 +374,12 @@ fn default_of(p: &Value, description: &str) -> String {
                 .map_or(rest.len(), |(j, _)| j);
             rest[..end].trim().to_string()
         }
-        None => "none".to_string(),
+        None if p.get("$ref").is_some() => "its keys' defaults".to_string(),
+        None => match p.get("type").and_then(Value::as_str) {
+            Some("array") => "`[]`".to_string(),
+            Some("object") => "`{}`".to_string(),
+            _ => "none".to_string(),
+        },
     }
 }
 
@@ -354,7 +391,9 @@ fn example_of(key: &str, p: &Value, default: &str) -> String {
         || matches!(literal, "true" | "false")
         || (literal.starts_with('"') && literal.ends_with('"') && literal.len() > 1);
     let is_string = p.get("type").and_then(Value::as_str) == Some("string");
-    let value = if plain && !default.contains(' ') {
+    let value = if let Some(c) = p.get("const") {
+        c.to_string()
+    } else if plain && !default.contains(' ') {
         literal.to_string()
     } else if let Some(e) = p
         .get("enum")
@@ -362,6 +401,13 @@ fn example_of(key: &str, p: &Value, default: &str) -> String {
         .and_then(|a| a.first())
     {
         e.to_string()
+    } else if let Some(c) = p
+        .get("oneOf")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(|v| v.get("const"))
+    {
+        c.to_string()
     } else if let Some(t) = p.get("type").and_then(Value::as_str) {
         match t {
             "string" => "\"...\"".to_string(),
@@ -381,7 +427,30 @@ fn example_of(key: &str, p: &Value, default: &str) -> String {
 
 /// Makes text safe for one Markdown table cell.
 fn cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    unlink(s).replace('|', "\\|").replace('\n', " ")
+}
+
+/// Drops rustdoc's intra-doc link brackets (`` [`repair`] `` becomes `` `repair` ``), which
+/// mean nothing outside rustdoc; Markdown links (`[text](url)`) are kept.
+fn unlink(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("[`") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        match after.find("`]") {
+            Some(j) if !after[j + 2..].starts_with('(') && !after[..j + 1].contains('\n') => {
+                out.push_str(&after[..j + 1]);
+                rest = &after[j + 2..];
+            }
+            _ => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `weir generate config-reference`'s arguments.
@@ -467,14 +536,30 @@ mod tests {
     fn config_reference_covers_every_section_and_component() {
         let md = markdown();
         for key in [
-            "`event`", "`parser`", "`sources`", "`sinks`", "`metrics`", "`alerts`",
-            "`notifiers`", "`tests`", "`spans`", "`multiline`",
+            "`event`",
+            "`parser`",
+            "`sources`",
+            "`sinks`",
+            "`metrics`",
+            "`alerts`",
+            "`notifiers`",
+            "`tests`",
+            "`spans`",
+            "`multiline`",
         ] {
-            assert!(md.contains(&format!("| {key} |")), "top-level key {key} missing");
+            assert!(
+                md.contains(&format!("| {key} |")),
+                "top-level key {key} missing"
+            );
         }
         for variant in [
-            "`type = \"stdin\"`", "`type = \"file\"`", "`type = \"tcp\"`", "`type = \"loki\"`",
-            "`type = \"elasticsearch\"`", "`type = \"otlp\"`", "`type = \"slack\"`",
+            "`type = \"stdin\"`",
+            "`type = \"file\"`",
+            "`type = \"tcp\"`",
+            "`type = \"loki\"`",
+            "`type = \"elasticsearch\"`",
+            "`type = \"otlp\"`",
+            "`type = \"slack\"`",
         ] {
             assert!(md.contains(variant), "variant {variant} missing");
         }
@@ -486,22 +571,29 @@ mod tests {
         // Structural check without a validator crate: every top-level key of the shipped
         // pipeline is a property of the schema, and unknown keys are refused.
         let schema: Value = serde_json::from_str(&schema_json()).expect("schema is JSON");
-        let props = schema["properties"].as_object().expect("root has properties");
+        let props = schema["properties"]
+            .as_object()
+            .expect("root has properties");
         let shipped: toml::Table =
             toml::from_str(crate::config::DEFAULT_PIPELINE).expect("shipped pipeline is TOML");
         for key in shipped.keys() {
             assert!(props.contains_key(key), "schema lacks top-level key {key}");
         }
         assert_eq!(schema["additionalProperties"], Value::Bool(false));
-        assert!(!props.contains_key("interpolation"), "a skipped field leaked");
+        assert!(
+            !props.contains_key("interpolation"),
+            "a skipped field leaked"
+        );
     }
 
     #[test]
     fn config_reference_defaults_come_from_docs() {
         let p = serde_json::json!({"type": "integer"});
-        assert_eq!(default_of(&p, "Bytes per line. Default: 1048576 (1 MiB)."), "1048576 (1 MiB)");
+        assert_eq!(
+            default_of(&p, "Bytes per line. Default: 1048576 (1 MiB)."),
+            "1048576 (1 MiB)"
+        );
         assert_eq!(default_of(&p, "Scale. Default: 0.001. More."), "0.001");
         assert_eq!(default_of(&p, "No default here."), "none");
     }
-
 }

@@ -189,14 +189,13 @@ impl Components {
 pub async fn ignore_hangup(why: &'static str, shutdown: CancellationToken) {
     #[cfg(unix)]
     {
-        let mut hup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP");
-                    return;
-                }
-            };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP");
+                return;
+            }
+        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -595,7 +595,9 @@ mod tests {
     fn a_source_no_one_has_is_refused_with_the_names() {
         let h = hub();
         h.add_sources(["stdin".to_string(), "/var/log/*.log".to_string()]);
-        assert!(h.subscribe(None, Some("/var/log/*.log".into()), 100.0).is_ok());
+        assert!(h
+            .subscribe(None, Some("/var/log/*.log".into()), 100.0)
+            .is_ok());
         let err = h
             .subscribe(None, Some("nosuch".into()), 100.0)
             .err()
@@ -607,7 +609,9 @@ mod tests {
         assert_eq!(err.into_response().status(), StatusCode::NOT_FOUND);
         // A listener on port 0 binds elsewhere: any tcp: name passes.
         h.add_sources(["tcp:127.0.0.1:0".to_string()]);
-        assert!(h.subscribe(None, Some("tcp:127.0.0.1:5170".into()), 100.0).is_ok());
+        assert!(h
+            .subscribe(None, Some("tcp:127.0.0.1:5170".into()), 100.0)
+            .is_ok());
     }
 
     #[test]

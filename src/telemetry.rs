@@ -518,7 +518,13 @@ mod log_filter_tests {
 
     #[test]
     fn levels_and_targets_pass_and_bare_words_are_refused() {
-        for ok in [None, Some(""), Some("debug"), Some("INFO"), Some("info,weir::sink=debug")] {
+        for ok in [
+            None,
+            Some(""),
+            Some("debug"),
+            Some("INFO"),
+            Some("info,weir::sink=debug"),
+        ] {
             assert!(log_filter(ok).is_ok(), "{ok:?}");
         }
         let err = log_filter(Some("verbose")).unwrap_err().to_string();

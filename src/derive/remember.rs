@@ -22,7 +22,7 @@ use crate::event::Event;
 use crate::parse::FieldRef;
 
 /// Keys remembered per label at most.
-pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+pub const DEFAULT_MAX_ENTRIES: usize = 20_000;
 /// Seconds a remembered value is used for.
 pub const DEFAULT_TTL_SECS: u32 = 3600;
 

@@ -192,8 +192,7 @@ impl SeriesTable {
         if let Some(s) = self.map.get_mut(&LabelRef(labels)) {
             s.last_tick = tick;
             s.handle.apply(v);
-            if let (Some(slots), Some(ex), Some((_, bounds))) =
-                (&s.exemplars, ex, &self.exemplars)
+            if let (Some(slots), Some(ex), Some((_, bounds))) = (&s.exemplars, ex, &self.exemplars)
             {
                 slots.record(bounds, v, ex.trace_id, ex.timestamp);
             }

@@ -146,7 +146,9 @@ impl<'de> Deserialize<'de> for SpanName {
 }
 
 /// OTLP's `Span.SpanKind` (its numbers are the wire values).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SpanKind {
     #[default]

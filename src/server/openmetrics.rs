@@ -200,10 +200,7 @@ fn series(name: &str, suffix: &str, m: &Metric, extra: Option<(&str, &str)>, out
     }
     out.push('{');
     let mut first = true;
-    let pairs = labels
-        .iter()
-        .map(|l| (l.name(), l.value()))
-        .chain(extra);
+    let pairs = labels.iter().map(|l| (l.name(), l.value())).chain(extra);
     for (n, v) in pairs {
         if !first {
             out.push(',');
@@ -229,13 +226,7 @@ fn exemplar(e: &Exemplar, out: &mut String) {
 
 fn write_metric(f: &MetricFamily, m: &Metric, ex: Option<&FamilyExemplars>, out: &mut String) {
     let name = family_name(f);
-    let slots = ex.and_then(|ex| {
-        ex.find(
-            m.get_label()
-                .iter()
-                .map(|l| (l.name(), l.value())),
-        )
-    });
+    let slots = ex.and_then(|ex| ex.find(m.get_label().iter().map(|l| (l.name(), l.value()))));
     match f.get_field_type() {
         MetricType::COUNTER => {
             series(name, "_total", m, None, out);
@@ -347,7 +338,8 @@ mod tests {
 
         let odd = "a \"q\" \\ b\n";
         c.with_label_values(&[odd]).inc_by(3.0);
-        ce.add(&[odd]).record(&[], 1.0, "t-\"1\"", 1_700_000_000_250_000_000);
+        ce.add(&[odd])
+            .record(&[], 1.0, "t-\"1\"", 1_700_000_000_250_000_000);
         g.set(4.5);
         let hs = h.with_label_values(&["a1"]);
         let slots = he.add(&["a1"]);

@@ -329,7 +329,9 @@ fn start_alertmanager(dir: &Path) -> Option<(Killed, String)> {
             std::env::var("CI").is_err(),
             "prometheus-alertmanager is required in CI (apt-get install -y prometheus-alertmanager)"
         );
-        eprintln!("SKIPPED: {ALERTMANAGER} not installed");
+        // Past libtest's capture, so the skip shows in `cargo test`'s output.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "SKIPPED: {ALERTMANAGER} not installed");
         return None;
     }
     let config = dir.join("alertmanager.yml");

@@ -609,13 +609,19 @@ fn exit_within(child: &mut Child, secs: u64, what: &str) -> std::process::ExitSt
         if let Some(s) = child.try_wait().expect("wait") {
             return s;
         }
-        assert!(Instant::now() < deadline, "weir still running {secs} s after {what}");
+        assert!(
+            Instant::now() < deadline,
+            "weir still running {secs} s after {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// weir's log lines until one satisfies `want` (30 s), all of them returned.
-fn stderr_until(rx: &Receiver<String>, mut want: impl FnMut(&serde_json::Value) -> bool) -> Vec<String> {
+fn stderr_until(
+    rx: &Receiver<String>,
+    mut want: impl FnMut(&serde_json::Value) -> bool,
+) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = Vec::new();
     loop {
@@ -632,7 +638,9 @@ fn stderr_until(rx: &Receiver<String>, mut want: impl FnMut(&serde_json::Value) 
 }
 
 fn message_is(v: &serde_json::Value, m: &str) -> bool {
-    v["fields"]["message"].as_str().is_some_and(|s| s.starts_with(m))
+    v["fields"]["message"]
+        .as_str()
+        .is_some_and(|s| s.starts_with(m))
 }
 
 /// The /metrics address from weir's log.
@@ -719,11 +727,20 @@ fn a_fifo_matched_by_the_glob_is_skipped_said_and_counted() {
         .is_ok_and(|s| s.success()));
     append(&logs.join("app.log"), 20, 30);
     collect(&t.lines, &mut got, 30);
-    wait_for_metric(&addr, "weir_file_skipped_total", &[("reason", "not_regular")], 2.0);
+    wait_for_metric(
+        &addr,
+        "weir_file_skipped_total",
+        &[("reason", "not_regular")],
+        2.0,
+    );
     // Rescans do not count the same FIFO again.
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
-        metric(&addr, "weir_file_skipped_total", &[("reason", "not_regular")]),
+        metric(
+            &addr,
+            "weir_file_skipped_total",
+            &[("reason", "not_regular")]
+        ),
         2.0
     );
     signal(&t.child, "TERM");
@@ -761,7 +778,11 @@ fn a_file_replaced_by_a_directory_neither_hangs_nor_breaks_the_source() {
     let status = exit_within(&mut t.child, 10, "SIGTERM");
     assert!(status.success(), "exit status {status}");
     got.sort_unstable();
-    assert_eq!(got, (0..20).collect::<Vec<_>>(), "the directory's file is not selected");
+    assert_eq!(
+        got,
+        (0..20).collect::<Vec<_>>(),
+        "the directory's file is not selected"
+    );
 }
 
 /// 2,000 files, `max_open_files = 16`: files take turns (closed at their end, reopened at
@@ -789,14 +810,12 @@ fn more_files_than_max_open_files_all_get_read_exactly_once() {
     let addr = metrics_addr(&t._stderr);
     let mut got = Vec::new();
     collect(&t.lines, &mut got, (files * per) as usize);
-    stderr_until(&t._stderr, |v| message_is(v, "more files than max_open_files"));
+    stderr_until(&t._stderr, |v| {
+        message_is(v, "more files than max_open_files")
+    });
     // Files whose turn is over get more lines: each is reopened where it was left.
     for f in (0..files).step_by(20) {
-        append(
-            &logs.join(format!("f{f:04}.log")),
-            100_000 + f,
-            100_001 + f,
-        );
+        append(&logs.join(format!("f{f:04}.log")), 100_000 + f, 100_001 + f);
     }
     let total = files * per + files / 20;
     collect(&t.lines, &mut got, total as usize);
@@ -812,8 +831,15 @@ fn more_files_than_max_open_files_all_get_read_exactly_once() {
     assert_eq!(got.len(), want.len(), "no line twice, none missing");
     assert_eq!(got, want);
     assert!(metric(&addr, "weir_files_open", &[]) <= 16.0);
-    assert_eq!(metric(&addr, "weir_files_waiting", &[]), 0.0, "nobody waits at the end");
-    assert_eq!(metric(&addr, "weir_file_events_total", &[("event", "rotated")]), 0.0);
+    assert_eq!(
+        metric(&addr, "weir_files_waiting", &[]),
+        0.0,
+        "nobody waits at the end"
+    );
+    assert_eq!(
+        metric(&addr, "weir_file_events_total", &[("event", "rotated")]),
+        0.0
+    );
     signal(&t.child, "TERM");
     let status = exit_within(&mut t.child, 10, "SIGTERM");
     assert!(status.success(), "exit status {status}");

@@ -707,7 +707,7 @@ secret_headers_env = { Authorization = "WEIR_TEST_DBG_HOOK_AUTH" }
         .filter(|(_, text)| text.contains("S3CR3T") || text.contains(&hash))
         .map(|(what, text)| {
             let found: Vec<&str> = text
-                .split(|c: char| c == '"' || c == ' ' || c == '@' || c == '/' || c == ':')
+                .split(['"', ' ', '@', '/', ':'])
                 .filter(|w| w.contains("S3CR3T"))
                 .collect();
             format!("{what}: {found:?}")

@@ -54,10 +54,7 @@ fn bash_completions_name_the_subcommands_and_load_in_bash() {
     std::fs::write(&path, &script).expect("write script");
     let out = Command::new("bash")
         .arg("-c")
-        .arg(format!(
-            "source {} && complete -p weir",
-            path.display()
-        ))
+        .arg(format!("source {} && complete -p weir", path.display()))
         .output()
         .expect("bash runs");
     let registered = String::from_utf8_lossy(&out.stdout);
@@ -71,11 +68,21 @@ fn bash_completions_name_the_subcommands_and_load_in_bash() {
 #[test]
 fn zsh_and_fish_completions_are_generated() {
     let zsh = stdout_of(&["completions", "zsh"]);
-    assert!(zsh.starts_with("#compdef weir"), "zsh script: {}", &zsh[..zsh.len().min(80)]);
+    assert!(
+        zsh.starts_with("#compdef weir"),
+        "zsh script: {}",
+        &zsh[..zsh.len().min(80)]
+    );
     assert!(zsh.contains("'validate:"), "zsh completions lack validate");
     let fish = stdout_of(&["completions", "fish"]);
-    assert!(fish.contains("complete -c weir"), "fish script lacks `complete -c weir`");
-    assert!(fish.contains("-a \"validate\""), "fish completions lack validate");
+    assert!(
+        fish.contains("complete -c weir"),
+        "fish script lacks `complete -c weir`"
+    );
+    assert!(
+        fish.contains("-a \"validate\""),
+        "fish completions lack validate"
+    );
     for (shell, script) in [("zsh", &zsh), ("fish", &fish)] {
         if !on_path(shell) {
             eprintln!("SKIPPED: {shell} not installed, syntax not checked");
@@ -111,7 +118,11 @@ fn completions_refuse_an_unknown_shell() {
 #[test]
 fn man_page_is_roff_and_renders() {
     let page = stdout_of(&["man"]);
-    assert!(page.starts_with(".TH"), "not roff: {}", &page[..page.len().min(80)]);
+    assert!(
+        page.starts_with(".TH"),
+        "not roff: {}",
+        &page[..page.len().min(80)]
+    );
     assert!(page.contains("weir"));
     for sub in ["run", "validate", "completions"] {
         assert!(page.contains(sub), "man page lacks subcommand {sub}");

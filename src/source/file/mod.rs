@@ -60,8 +60,8 @@
 
 pub mod oneshot;
 pub mod tail;
-mod watch;
 pub mod walk;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -124,7 +124,11 @@ pub fn expand(
     let report = WalkReport::new(selfm);
     let io = IoErrors::new(selfm);
     report.report(&walked, &io, cfg);
-    Ok(walked.files.into_iter().map(|f| (f.path, f.pattern)).collect())
+    Ok(walked
+        .files
+        .into_iter()
+        .map(|f| (f.path, f.pattern))
+        .collect())
 }
 
 /// Opens `path` for reading if it is a regular file. The open itself never blocks (a FIFO's
@@ -139,7 +143,17 @@ fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
             format!("{} is not a regular file", path.display()),
         )
     };
-    #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64", target_arch = "arm", target_arch = "riscv64", target_arch = "powerpc64")))]
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64",
+            target_arch = "powerpc64"
+        )
+    ))]
     let file = {
         use std::os::unix::fs::OpenOptionsExt;
         /// `O_NONBLOCK` on Linux for these architectures (mips and sparc differ).
@@ -149,7 +163,17 @@ fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
             .custom_flags(O_NONBLOCK)
             .open(path)?
     };
-    #[cfg(not(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64", target_arch = "arm", target_arch = "riscv64", target_arch = "powerpc64"))))]
+    #[cfg(not(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "x86",
+            target_arch = "aarch64",
+            target_arch = "arm",
+            target_arch = "riscv64",
+            target_arch = "powerpc64"
+        )
+    )))]
     let file = {
         if !std::fs::metadata(path)?.is_file() {
             return Err(not_regular());

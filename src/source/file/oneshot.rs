@@ -16,7 +16,6 @@ use crate::source::multiline::Multiline;
 use crate::source::{Format, LineBatch, LineReader};
 use crate::telemetry::SelfMetrics;
 
-
 /// How [`read_to_end`] reads each file.
 pub struct ReadOnce {
     pub format: Format,
@@ -57,7 +56,10 @@ pub async fn read_to_end(
             Ok(f) => tokio::fs::File::from_std(f),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
                 // Replaced by a FIFO or a directory since the walk: never read as a file.
-                selfm.file_skipped_total.with_label_values(&["not_regular"]).inc();
+                selfm
+                    .file_skipped_total
+                    .with_label_values(&["not_regular"])
+                    .inc();
                 tracing::warn!(path = %path.display(), "not a regular file any more: skipped");
                 continue;
             }

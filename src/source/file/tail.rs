@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::walk::{dir_index, dir_of, find_in, find_in_dir, Globs};
 use super::watch::{watch_dirs, Opened, Watch, OPENED_QUEUE};
-use super::{envelope_counter, limits, open_regular, FileError, IoErrors, Out, ReadFrom, WalkReport};
+use super::{
+    envelope_counter, limits, open_regular, FileError, IoErrors, Out, ReadFrom, WalkReport,
+};
 use crate::parse::container::ContainerDecoder;
 use crate::source::checkpoint::{fingerprint, read_at, FileKey, Store, FINGERPRINT_BYTES};
 use crate::source::multiline::{Joiner, Multiline};
@@ -39,6 +41,19 @@ const MAX_FINISHED: usize = 10_000;
 
 /// How long a file that keeps growing holds its slot while other files wait for one.
 pub const TURN: Duration = Duration::from_secs(1);
+
+/// After EMFILE or ENFILE, files kept open fewer than were open then (each holds two
+/// descriptors), so that checkpoints, sockets and the HTTP server still get theirs.
+const FD_RESERVE: usize = 4;
+
+/// How long that lower cap holds before `max_open_files` is tried again.
+const FD_CAP_FOR: Duration = Duration::from_secs(60);
+
+/// Whether an open failed because the process (EMFILE) or the system (ENFILE) has no
+/// descriptor left.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23))
+}
 
 /// What a tailing run shares between its steps and with notify's thread.
 pub(super) struct Ctx {
@@ -145,6 +160,9 @@ struct Files {
     waiting: VecDeque<Wait>,
     /// Keys in `waiting`, so that a file is queued once.
     queued: HashSet<FileKey>,
+    /// A lower cap than `max_open_files` after the process ran out of descriptors (EMFILE,
+    /// ENFILE), and since when: files then leave room for checkpoints, sockets and the rest.
+    fd_cap: Option<(usize, Instant)>,
 }
 
 impl Files {
@@ -165,6 +183,32 @@ impl Files {
         if self.queued.insert(key) {
             self.waiting.push_back(wait);
         }
+    }
+
+    /// How many files may be open now: `max_open_files`, or less for [`FD_CAP_FOR`] after
+    /// descriptors ran out.
+    fn cap(&mut self, max_open_files: usize) -> usize {
+        match self.fd_cap {
+            Some((_, since)) if since.elapsed() >= FD_CAP_FOR => {
+                self.fd_cap = None;
+                max_open_files
+            }
+            Some((cap, _)) => cap.min(max_open_files),
+            None => max_open_files,
+        }
+    }
+
+    /// Descriptors ran out with `open` files open: keep [`FD_RESERVE`] fewer for a while.
+    fn out_of_descriptors(&mut self) {
+        let cap = self.open.len().saturating_sub(FD_RESERVE).max(1);
+        if self.fd_cap.is_none_or(|(c, _)| cap < c) {
+            tracing::warn!(
+                open = self.open.len(),
+                cap,
+                "out of file descriptors: reading at most this many files at once for a minute"
+            );
+        }
+        self.fd_cap = Some((cap, Instant::now()));
     }
 
     fn known(&self, key: &FileKey) -> bool {
@@ -293,10 +337,12 @@ impl Tail {
                     tracing::info!(path = %t.path.display(), rotated = gone, "finished file");
                 }
             }
-            // Others wait for a slot: files at their end (or past their turn) give theirs up.
-            if !fs.waiting.is_empty() {
+            // Others wait for a slot, or more files are open than descriptors allow: files at
+            // their end (or past their turn) give theirs up.
+            let cap = fs.cap(self.cfg.max_open_files);
+            if !fs.waiting.is_empty() || fs.open.len() > cap {
                 for key in idle {
-                    if fs.waiting.is_empty() {
+                    if fs.waiting.is_empty() && fs.open.len() <= cap {
                         break;
                     }
                     self.park(key, &mut fs, &mut store);
@@ -462,7 +508,10 @@ impl Tail {
     ) -> bool {
         let mut opened = false;
         let mut tries = fs.waiting.len();
-        while fs.open.len() < self.cfg.max_open_files && tries > 0 && !shutdown.is_cancelled() {
+        while fs.open.len() < fs.cap(self.cfg.max_open_files)
+            && tries > 0
+            && !shutdown.is_cancelled()
+        {
             tries -= 1;
             let Some(wait) = fs.waiting.pop_front() else {
                 break;
@@ -495,6 +544,9 @@ impl Tail {
                             ) => {}
                         Err(e) => {
                             ctx.io.report("open", &path, &e);
+                            if out_of_fds(&e) {
+                                fs.out_of_descriptors();
+                            }
                             fs.queue(
                                 key,
                                 Wait::New {
@@ -513,7 +565,10 @@ impl Tail {
                     match self.reopen(key, fs, ctx) {
                         Ok(true) => opened = true,
                         Ok(false) => {}
-                        Err(()) => {
+                        Err(fds) => {
+                            if fds {
+                                fs.out_of_descriptors();
+                            }
                             fs.queue(key, Wait::Parked(key));
                             break;
                         }
@@ -552,9 +607,9 @@ impl Tail {
     /// inode; the first bytes are checked before every read, as for any open file). Not at its
     /// path any more: looked for by inode in its directory (a rotation while it was closed)
     /// and read as a rotated file; not found: its unread part is lost, said and counted.
-    /// `Ok(true)`: opened; `Ok(false)`: nothing to open; `Err`: open failed (EMFILE...), the
-    /// file stays parked.
-    fn reopen(&self, key: FileKey, fs: &mut Files, ctx: &Ctx) -> Result<bool, ()> {
+    /// `Ok(true)`: opened; `Ok(false)`: nothing to open; `Err`: the open failed (`true`: out
+    /// of descriptors), the file stays parked.
+    fn reopen(&self, key: FileKey, fs: &mut Files, ctx: &Ctx) -> Result<bool, bool> {
         let Some(p) = fs.parked.get(&key) else {
             return Ok(false);
         };
@@ -572,7 +627,7 @@ impl Tail {
             }
             Err(e) => {
                 ctx.io.report("open", &p.path, &e);
-                return Err(());
+                return Err(out_of_fds(&e));
             }
         };
         let (handle, path) = match handle {
@@ -700,7 +755,7 @@ impl Tail {
         {
             return;
         }
-        if fs.open.len() >= self.cfg.max_open_files {
+        if fs.open.len() >= fs.cap(self.cfg.max_open_files) {
             fs.queue(
                 key,
                 Wait::New {
@@ -735,7 +790,7 @@ impl Tail {
     ) {
         let mut dirs: HashMap<PathBuf, HashMap<u64, PathBuf>> = HashMap::new();
         for (key, path) in store.entries() {
-            if shutdown.is_cancelled() || fs.open.len() >= self.cfg.max_open_files {
+            if shutdown.is_cancelled() || fs.open.len() >= fs.cap(self.cfg.max_open_files) {
                 return;
             }
             if fs.known(&key) {

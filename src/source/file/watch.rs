@@ -21,7 +21,6 @@ pub(super) struct Opened {
 /// Files opened on notify events, waiting for the tailer (each holds a descriptor).
 pub(super) const OPENED_QUEUE: usize = 64;
 
-
 /// What the notify callback needs: where to send files it opens, and how to wake the tailer.
 pub(super) struct Watch {
     pub matcher: Arc<Globs>,

@@ -500,9 +500,19 @@ pub fn completions(shell: clap_complete::Shell) -> Vec<u8> {
 /// The man page, in roff: `weir(1)`, with the subcommands listed (their options are in
 /// `weir help SUBCOMMAND`; clap_mangen renders one command per page).
 pub fn man() -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    clap_mangen::Man::new(crate::cli::Cli::command()).render(&mut out)?;
-    Ok(out)
+    let mut page = Vec::new();
+    clap_mangen::Man::new(crate::cli::Cli::command()).render(&mut page)?;
+    // clap_mangen opens with the `Aq` string definitions; put `.TH` first, where man(7) and
+    // tools that sniff a page expect it (the definitions still precede every use).
+    let text = String::from_utf8_lossy(&page);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if let Some(i) = lines.iter().position(|l| l.starts_with(".TH")) {
+        let th = lines.remove(i);
+        lines.insert(0, th);
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    Ok(out.into_bytes())
 }
 
 #[cfg(test)]

@@ -369,6 +369,55 @@ mod tests {
         );
     }
 
+    /// `/metrics` serves OpenMetrics to Prometheus' Accept header, 0.0.4 to anything else.
+    #[tokio::test]
+    async fn the_handler_negotiates() {
+        use axum::body::Body;
+        use axum::http::{header, Request};
+        use tower::ServiceExt;
+        let state = crate::server::AppState {
+            derived: Registry::new(),
+            selfm: crate::telemetry::SelfMetrics::new(),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            alerts: None,
+            reload: None,
+            tap: None,
+        };
+        let app = crate::server::public_router(
+            state,
+            &crate::server::WebConfig::default(),
+            crate::server::Limits::default(),
+        );
+        let get = |accept: &str| {
+            Request::get("/metrics")
+                .header(header::ACCEPT, accept)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        let res = app.clone().oneshot(get(prometheus)).await.unwrap();
+        assert_eq!(res.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+        assert!(
+            text.contains("# TYPE weir_parse_errors counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("weir_parse_errors_total{reason=\"invalid_json\"} 0\n"));
+        let res = app.oneshot(get("text/plain")).await.unwrap();
+        assert_eq!(
+            res.headers()[header::CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let body = axum::body::to_bytes(res.into_body(), 1 << 22)
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("# EOF"));
+    }
+
     /// Many series come in several chunks that join to one family (one `# TYPE`), `# EOF` once.
     #[test]
     fn chunks_join_with_one_header_and_one_eof() {

@@ -114,18 +114,13 @@ impl Pattern {
     fn step(&self, positions: &[usize], name: &Path) -> Vec<usize> {
         let mut next = Vec::new();
         for &p in positions {
-            match self.segs.get(p) {
-                Some(Seg::Any) => {
-                    if !next.contains(&p) {
-                        next.push(p);
-                    }
-                }
-                Some(Seg::One(m)) if m.is_match(name) => {
-                    if !next.contains(&(p + 1)) {
-                        next.push(p + 1);
-                    }
-                }
-                _ => {}
+            let to = match self.segs.get(p) {
+                Some(Seg::Any) => p,
+                Some(Seg::One(m)) if m.is_match(name) => p + 1,
+                _ => continue,
+            };
+            if !next.contains(&to) {
+                next.push(to);
             }
         }
         self.close(&mut next);

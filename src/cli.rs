@@ -317,9 +317,8 @@ pub struct DemoLogsArgs {
 /// Writes generated text to `path`, or to stdout without one.
 fn write_or_print(bytes: &[u8], path: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     match path {
-        Some(path) => {
-            std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))?
-        }
+        Some(path) => std::fs::write(path, bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?,
         None => {
             let mut out = std::io::stdout().lock();
             out.write_all(bytes)?;

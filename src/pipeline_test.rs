@@ -396,7 +396,12 @@ fn warnings(cfg: &PipelineConfig, cases: &[Case]) -> Vec<String> {
             paths.extend(v.get_ref().0.iter().cloned());
         }
         if let Some(labels) = &m.labels {
-            paths.extend(labels.get_ref().values().flat_map(|l| l.from.0.iter().cloned()));
+            paths.extend(
+                labels
+                    .get_ref()
+                    .values()
+                    .flat_map(|l| l.from.0.iter().cloned()),
+            );
         }
         if let Some(pair) = &m.pair {
             paths.extend(condition_paths(pair.start.get_ref()));

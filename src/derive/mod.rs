@@ -485,25 +485,26 @@ impl MetricConfig {
                 ))
             }
         };
-        let scale =
-            match &self.scale {
-                None => 1.0,
-                Some(sc) if !sc.get_ref().is_finite() || *sc.get_ref() == 0.0 => {
-                    return Err(CompileError::at(
-                        sc.span(),
-                        format!("metric {name:?}: scale must be a finite number other than 0"),
-                    ))
-                }
-                Some(_) if matches!(value, ValueFrom::Field(_)) => {
-                    self.scale.as_ref().map_or(1.0, |sc| *sc.get_ref())
-                }
-                Some(sc) => return Err(CompileError::at(
+        let scale = match &self.scale {
+            None => 1.0,
+            Some(sc) if !sc.get_ref().is_finite() || *sc.get_ref() == 0.0 => {
+                return Err(CompileError::at(
+                    sc.span(),
+                    format!("metric {name:?}: scale must be a finite number other than 0"),
+                ))
+            }
+            Some(_) if matches!(value, ValueFrom::Field(_)) => {
+                self.scale.as_ref().map_or(1.0, |sc| *sc.get_ref())
+            }
+            Some(sc) => {
+                return Err(CompileError::at(
                     sc.span(),
                     format!(
                         "metric {name:?}: scale applies to a `value` field; this metric has none"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let help = self
             .help
             .clone()

@@ -141,7 +141,7 @@ impl ProcessCollector {
         let this = ProcessCollector {
             descs,
             clock_ticks: ticks as f64,
-            page_bytes: page as i64,
+            page_bytes: page,
             cpu,
             rss,
             vsize,

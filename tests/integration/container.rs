@@ -27,6 +27,7 @@ const PIPELINE: &str = r#"
 [[metrics]]
 name = "lines_total"
 kind = "counter"
+include_unparsed = true   # every application line, text ones too
 labels = { level = "level", stream = "stream", container_id = "container_id", namespace = "namespace", pod = "pod", container = "container" }
 "#;
 

@@ -645,7 +645,10 @@ fn grafana_provisioning_names_the_stack() {
     // `$$` is a literal `$` in Grafana's provisioning (a lone `$` is an environment variable);
     // the Loki sink's label and structured metadata.
     assert!(q.starts_with(r#"{job="weir"}"#), "{q}");
-    assert!(q.contains(".trace_id") && q.contains("$${__trace.traceId}"), "{q}");
+    assert!(
+        q.contains(".trace_id") && q.contains("$${__trace.traceId}"),
+        "{q}"
+    );
     assert_eq!(
         tempo["jsonData"]["tracesToMetrics"]["datasourceUid"].as_str(),
         Some("prometheus")
@@ -989,7 +992,10 @@ fn compose_file_describes_the_stack() {
             strings(&s["ports"])
         };
         for p in ports {
-            assert!(p.starts_with("127.0.0.1:"), "{name}: port {p} not on 127.0.0.1");
+            assert!(
+                p.starts_with("127.0.0.1:"),
+                "{name}: port {p} not on 127.0.0.1"
+            );
         }
         // Health checks on every long-running service; one-shot jobs and the generator
         // (which serves no HTTP) say so.

@@ -156,8 +156,14 @@ fn python_tracebacks_are_part_of_their_json_line() {
         20.0,
         "{m:#?}"
     );
-    // Without joining, every traceback line is an event of its own (and not JSON).
+    // The default pipeline joins Python tracebacks without the flag too.
     let m = oneshot(&[log.to_str().unwrap()]);
+    assert_eq!(m[&events], 30.0);
+    // Without joining (a pipeline with no `multiline`), every traceback line is an event of
+    // its own (and not JSON).
+    let plain = log.with_file_name("plain.toml");
+    std::fs::write(&plain, "[event]\n").expect("write pipeline");
+    let m = oneshot(&["--config", plain.to_str().unwrap(), log.to_str().unwrap()]);
     assert_eq!(m[&events], physical);
 }
 

@@ -37,8 +37,12 @@ fn oneshot_ends_with_a_summary_of_lines_events_and_problems() {
     assert!(bad > 0, "the corpus has malformed lines");
     let dir = tempfile::tempdir().expect("tempdir");
     let input = temp_file(dir.path(), "app.log", &corpus);
+    // A pipeline without multi-line joining, so that lines and events are counted alike (the
+    // default pipeline joins the corpus' traceback-like lines to the event before them).
+    let pipeline = temp_file(dir.path(), "p.toml", b"[event]\n");
     let out = weir()
-        .args(["run", "--oneshot", "--progress", "never"])
+        .args(["run", "--oneshot", "--progress", "never", "--config"])
+        .arg(&pipeline)
         .arg(&input)
         .output()
         .expect("run");

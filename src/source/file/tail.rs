@@ -163,6 +163,9 @@ struct Files {
     /// A lower cap than `max_open_files` after the process ran out of descriptors (EMFILE,
     /// ENFILE), and since when: files then leave room for checkpoints, sockets and the rest.
     fd_cap: Option<(usize, Instant)>,
+    /// A checkpoint that cannot be written (read-only or full data_dir) fails on every save:
+    /// logged once, then once a minute with a count (always counted in the metric).
+    save_errors: crate::telemetry::LogLimit,
 }
 
 impl Files {
@@ -416,7 +419,13 @@ impl Tail {
                     .checkpoint_writes_total
                     .with_label_values(&["error"])
                     .inc();
-                tracing::error!(error = %e, "checkpoint not saved");
+                if let Some(suppressed) = fs.save_errors.hit() {
+                    tracing::error!(
+                        error = %e,
+                        not_logged_since = suppressed,
+                        "checkpoint not saved (said at most once a minute; counted in weir_checkpoint_writes_total{{result=\"error\"}})"
+                    );
+                }
             }
         }
     }

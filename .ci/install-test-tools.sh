@@ -6,6 +6,7 @@
 #   prometheus-alertmanager,   (Debian `prometheus-alertmanager`): the alertmanager notifier and
 #   amtool                     the kit's alertmanager.yml
 #   openssl                    certificates for the SMTP STARTTLS test
+#   chromium                   (Debian `chromium`): a headless browser loads the status page `/`
 #   python3, aiosmtpd          the agent-shape and multi-line fixtures; a real SMTP server for the
 #                              email notifier (aiosmtpd 1.4.6 from pip, else Debian's python3-aiosmtpd)
 # Without them those tests print "SKIPPED: ..." and pass; with CI=true they fail instead.
@@ -14,12 +15,12 @@ SUDO=""
 if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then SUDO=sudo; fi
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
    || ! command -v amtool >/dev/null || ! command -v openssl >/dev/null \
-   || ! command -v python3 >/dev/null; then
+   || ! command -v python3 >/dev/null || ! command -v chromium >/dev/null; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-alertmanager openssl python3 python3-pip >/dev/null
+    prometheus prometheus-alertmanager openssl python3 python3-pip chromium >/dev/null
 fi
-command -v promtool prometheus prometheus-alertmanager amtool openssl python3
+command -v promtool prometheus prometheus-alertmanager amtool openssl python3 chromium
 python3 -c 'import aiosmtpd' 2>/dev/null \
   || python3 -m pip install -q aiosmtpd==1.4.6 \
   || python3 -m pip install -q --break-system-packages aiosmtpd==1.4.6 \

@@ -438,23 +438,39 @@ fn register_state_metrics(reg: &Registry) {
 }
 
 /// Rate limit for a repeated error's log line: the first occurrence is logged, then at most one
-/// line a minute, carrying how many were not logged in between.
-#[derive(Debug, Default)]
+/// line a minute (or per [`LogLimit::every`]), carrying how many were not logged in between.
+#[derive(Debug)]
 pub struct LogLimit {
     last: Option<std::time::Instant>,
     suppressed: u64,
+    every: std::time::Duration,
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit::every(Self::EVERY)
+    }
 }
 
 impl LogLimit {
-    /// The interval between two lines about the same error.
+    /// The default interval between two lines about the same error.
     pub const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// A limit of one line per `every`.
+    pub const fn every(every: std::time::Duration) -> Self {
+        LogLimit {
+            last: None,
+            suppressed: 0,
+            every,
+        }
+    }
 
     /// `Some(n)` when a line should be logged now (`n`: occurrences not logged since the last
     /// line), `None` when this one is only counted.
     pub fn hit(&mut self) -> Option<u64> {
         let now = std::time::Instant::now();
         match self.last {
-            Some(t) if now.duration_since(t) < Self::EVERY => {
+            Some(t) if now.duration_since(t) < self.every => {
                 self.suppressed += 1;
                 None
             }

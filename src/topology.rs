@@ -97,7 +97,7 @@ pub struct Processor {
     /// Alert rules (possibly none); `None` only before `with_alerts`.
     alerts: Option<Engine>,
     /// The registry `/metrics` serves, where a reload swaps changed metrics.
-    live: Option<prometheus::Registry>,
+    live: Option<crate::derive::live::Live>,
     /// `weir tap` subscriptions, offered every batch.
     tap: Option<Arc<TapHub>>,
     /// The run's parse problems, for the `--oneshot` summary (see [`crate::parse::report`]).
@@ -143,7 +143,7 @@ impl Processor {
     }
 
     /// The registry the derived metrics are served from (for reloads).
-    pub fn with_registry(mut self, live: prometheus::Registry) -> Self {
+    pub fn with_registry(mut self, live: crate::derive::live::Live) -> Self {
         self.live = Some(live);
         self
     }
@@ -180,7 +180,10 @@ impl Processor {
         }
         let rules = engine.rules().len();
         let old = std::mem::replace(&mut self.deriver, deriver);
-        let live = self.live.clone().unwrap_or_default();
+        let live = self
+            .live
+            .clone()
+            .unwrap_or_else(|| crate::derive::live::Live::new(prometheus::Registry::new()));
         let (kept, changed, removed) = self.deriver.take_over(old, &live);
         self.parser = parser;
         self.alerts = Some(engine);
@@ -261,7 +264,7 @@ impl Processor {
             let attrs = batch.attrs_of(span);
             let mut repaired = String::new();
             let ev = parser.parse_line(&text, &mut repaired, attrs, received, &mut issue);
-            tally.line(bytes, ev.parsed, at);
+            tally.line(ev.parsed, at);
             if event_clock {
                 // A backfill runs on the events' time; a line without a usable one (it got
                 // the arrival time) stays at the clock's current second instead of jumping
@@ -325,6 +328,8 @@ impl Processor {
                 c.inc_by(n);
             }
         }
+        // Lines read: several make one event where multi-line joining put them together.
+        tally.lines = batch.lines.len() as u64 + batch.joined_lines;
         let source = [&*batch.source];
         self.selfm
             .events_total
@@ -333,7 +338,7 @@ impl Processor {
         self.selfm
             .lines_total
             .with_label_values(&source)
-            .inc_by(batch.lines.len() as u64 + batch.joined_lines);
+            .inc_by(tally.lines);
         self.selfm
             .bytes_total
             .with_label_values(&source)
@@ -722,10 +727,13 @@ pub async fn run(
         engine = engine.with_state(dir.join("alerts").join("state.json"), &mut deriver.feed);
     }
     let alerts_view = opts.listen.is_some().then(|| engine.view());
+    // What /metrics serves: the compiled registry until a reload swaps in another.
+    let live = crate::derive::live::Live::new(registry.clone());
+    let served = live.served();
     let processor = Processor::new(parser, deriver, selfm.clone())
         .with_sinks(sink_inputs)
         .with_alerts(engine)
-        .with_registry(registry.clone())
+        .with_registry(live)
         .with_report(opts.parse_report.clone());
     let tap = opts
         .listen
@@ -781,7 +789,7 @@ pub async fn run(
     let server = match opts.listen {
         Some(addr) => {
             let state = AppState {
-                derived: registry.clone(),
+                derived: served.clone(),
                 selfm: selfm.clone(),
                 ready: ready.clone(),
                 alerts: alerts_view.clone(),

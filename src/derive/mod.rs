@@ -20,6 +20,7 @@
 
 pub mod condition;
 pub mod exemplar;
+pub mod live;
 pub mod pair;
 pub mod remember;
 pub mod series;
@@ -754,16 +755,17 @@ impl Deriver {
     }
 
     /// Takes over from `old` after a reload: each metric whose definition did not change keeps
-    /// `old`'s series (so its counters continue); the others are swapped in `live` (the
-    /// registry `/metrics` serves): removed metrics unregistered, new or changed ones
-    /// registered. Returns (kept, replaced or added, removed) metric names.
+    /// `old`'s series (so its counters continue); the others start afresh. A fresh registry
+    /// with every metric of this pipeline replaces the one `live` serves (see [`live`] for why
+    /// not the same registry). Returns (kept, replaced or added, removed) metric names.
     pub fn take_over(
         &mut self,
         old: Deriver,
-        live: &prometheus::Registry,
+        live: &live::Live,
     ) -> (Vec<String>, Vec<String>, Vec<String>) {
         let mut old_metrics = old.metrics;
         let (mut kept, mut changed) = (Vec::new(), Vec::new());
+        let next = Registry::new();
         for m in &mut self.metrics {
             match old_metrics.iter().position(|o| o.name == m.name) {
                 Some(i) if old_metrics[i].definition == m.definition => {
@@ -774,27 +776,24 @@ impl Deriver {
                 }
                 found => {
                     if let Some(i) = found {
-                        let o = old_metrics.swap_remove(i);
-                        o.uninstall_exemplars();
-                        let _ = live.unregister(o.series.family().collector());
-                    }
-                    // The name is free in `live` now; an error would mean a clash with a
-                    // metric registered outside the pipeline, which compile rules out.
-                    if let Err(e) = live.register(m.series.family().collector()) {
-                        tracing::error!(metric = %m.name, error = %e, "cannot register reloaded metric");
+                        old_metrics.swap_remove(i).uninstall_exemplars();
                     }
                     changed.push(m.name.clone());
                 }
+            }
+            // Names are unique within a pipeline and clear of weir's own: compile checked.
+            if let Err(e) = next.register(m.series.family().collector()) {
+                tracing::error!(metric = %m.name, error = %e, "cannot register reloaded metric");
             }
         }
         let removed = old_metrics
             .into_iter()
             .map(|o| {
                 o.uninstall_exemplars();
-                let _ = live.unregister(o.series.family().collector());
                 o.name
             })
             .collect();
+        live.replace(next);
         (kept, changed, removed)
     }
 
@@ -1053,11 +1052,10 @@ include_unparsed = true
 
     /// Found by `benches/soak.sh` (its reloads change a metric's `help`): prometheus'
     /// `Registry::unregister` keeps the name's help and label names (`dim_hashes_by_name`), so
-    /// registering the changed metric in the same registry fails ("cannot register reloaded
-    /// metric" in the log) and the metric is gone from `/metrics` until a restart. Left failing
-    /// for the fix (a registry rebuilt per reload, swapped where `/metrics` reads it).
+    /// registering the changed metric in the same registry failed ("cannot register reloaded
+    /// metric" in the log) and the metric was gone from `/metrics` until a restart. Now a
+    /// registry is built per reload and swapped where `/metrics` reads it ([`super::live`]).
     #[test]
-    #[ignore = "known defect: a metric whose help or labels change on reload leaves /metrics"]
     fn a_metric_changed_by_a_reload_stays_exposed() {
         let text = |help: &str| {
             format!("[[metrics]]\nname = \"d_seconds\"\nkind = \"histogram\"\nhelp = \"{help}\"\nvalue = \"n\"\nbuckets = [1]\n")
@@ -1069,7 +1067,8 @@ include_unparsed = true
                 .expect("compiles")
         };
         let first = compile(&text("before"));
-        let (live, mut deriver) = (first.registry, first.deriver);
+        let live = super::live::Live::new(first.registry);
+        let (served, mut deriver) = (live.served(), first.deriver);
         let ev = first.parser.parse(r#"{"n":0.5}"#, 0, &mut |_| {});
         deriver.apply(&ev, 0);
         let reloaded = compile(&text("after")).deriver;
@@ -1077,8 +1076,10 @@ include_unparsed = true
         let (_, changed, _) = deriver.take_over(old, &live);
         assert_eq!(changed, ["d_seconds"]);
         deriver.apply(&ev, 0);
-        let names: Vec<String> = live.gather().iter().map(|f| f.name().to_string()).collect();
+        let families = served.gather();
+        let names: Vec<&str> = families.iter().map(|f| f.name()).collect();
         assert_eq!(names, ["d_seconds"], "the reloaded metric is not exposed");
+        assert_eq!(families[0].help(), "after");
     }
 
     /// What a scrape sees that may only grow: counters, and histograms' `_count` (keyed by
@@ -1157,8 +1158,9 @@ value = "n"
                     .map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))
             };
             let first = compile()?;
-            let (parser, live, mut deriver) = (first.parser, first.registry, first.deriver);
-            let mut seen = monotonic(&live);
+            let live = super::live::Live::new(first.registry);
+            let (parser, served, mut deriver) = (first.parser, live.served(), first.deriver);
+            let mut seen = monotonic(&served);
             for op in ops {
                 match op {
                     None => {
@@ -1174,7 +1176,7 @@ value = "n"
                         deriver.apply(&ev, 0);
                     }
                 }
-                let now = monotonic(&live);
+                let now = monotonic(&served);
                 for (series, before) in &seen {
                     let after = now.get(series).copied();
                     proptest::prop_assert!(

@@ -512,44 +512,18 @@ impl LineParser {
         }
         let mut captured = vec![None; self.trie.len()];
         let shape = json::capture(&self.trie, line, &mut captured);
-        let fill_attrs = |captured: &mut Vec<Option<Value<'a>>>| {
-            for (k, v) in attrs {
-                if let Some(id) = self.trie.get(k) {
-                    if captured[id].is_none() {
-                        captured[id] = Some(Value::Str(Cow::Borrowed(v)));
-                    }
-                }
-            }
-        };
         if !matches!(shape, Ok(json::Shape::Object)) {
             issue(match shape {
                 Ok(_) => ParseIssue::NotAnObject,
                 Err(_) => ParseIssue::InvalidJson,
             });
-            captured.iter_mut().for_each(|c| *c = None);
-            fill_attrs(&mut captured);
-            let timestamp = self
-                .timestamp
-                .iter()
-                .find_map(|&id| captured[id].as_ref().and_then(timestamp::timestamp_of))
-                .unwrap_or(received);
-            return Event {
-                line,
-                is_json: false,
-                parsed: false,
-                timestamp,
-                level: Level::Unknown,
-                component: None,
-                message: Cow::Borrowed(line),
-                trace_id: self.new_trace_id(),
-                captured,
-                text: None,
-            };
+            // Captures of a half-read line are dropped (a fresh vector in `unparsed`).
+            return self.unparsed(line, attrs, received);
         }
         // The line's own fields rank before the source's attributes: a line with `ts` keeps its
         // time even though the Docker envelope's `time` comes earlier in the path list.
         let from_line = (!attrs.is_empty()).then(|| captured.clone());
-        fill_attrs(&mut captured);
+        self.fill_attrs(attrs, &mut captured);
         self.normalise(line, captured, from_line, received, issue, None)
     }
 

@@ -333,7 +333,7 @@ pub async fn serve(
         conns: Mutex::new(HashMap::new()),
     });
     let tasks = TaskTracker::new();
-    let mut last_warning: Option<Instant> = None;
+    let mut accept_warnings = crate::telemetry::LogLimit::every(Duration::from_secs(10));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
@@ -349,9 +349,8 @@ pub async fn serve(
                     "other"
                 };
                 metrics.accept_errors.with_label_values(&[name, kind]).inc();
-                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    last_warning = Some(Instant::now());
-                    tracing::warn!(listener = name, error = %e, "cannot accept an HTTP connection");
+                if let Some(not_logged) = accept_warnings.hit() {
+                    tracing::warn!(listener = name, error = %e, not_logged, "cannot accept an HTTP connection");
                 }
                 // Out of descriptors: idle connections are the cheapest to give up. A batch,
                 // so that a flood waiting in the backlog is worked through in rounds.

@@ -1,14 +1,19 @@
 //! The HTTP surface, split in two listeners by what a caller may learn or do.
 //!
 //! - **Public** (`--listen`, default `0.0.0.0:9090`): `/metrics` (Prometheus text format
-//!   0.0.4; OpenMetrics 1.0 with exemplars when asked for, see [`openmetrics`]), `/health`, `/ready`, `/alerts` (the pending and firing alerts: names, labels,
-//!   values — what Prometheus' own `/alerts` shows anyone who can scrape it). TLS and basic
-//!   auth from `--web-config-file` ([`web_config`], the exporter-toolkit's format); `/health`
-//!   and `/ready` answer without credentials (liveness probes carry none; they tell nothing).
-//! - **Admin** (`--admin-listen`, default `127.0.0.1:9190`, or `unix:/path`, or `off`): `/tap` (raw
-//!   log lines, see [`crate::tap`]), `/stats` (for `weir top`), `POST /-/reload`. Local by
-//!   default, as Vector's API; an optional bearer token (`--admin-token-env`). The public
-//!   listener answers 404 for these paths: no raw log line and no control there.
+//!   0.0.4; OpenMetrics 1.0 with exemplars when asked for, see [`openmetrics`]), `/health`,
+//!   `/ready`, `/alerts` (the pending and firing alerts: names, labels, values — what
+//!   Prometheus' own `/alerts` shows anyone who can scrape it), `/` and `/status.json` (the
+//!   status page and its data: counts, metric names, series counts, alerts, never a log line;
+//!   see [`status`]). TLS and basic auth from `--web-config-file` ([`web_config`], the
+//!   exporter-toolkit's format) guard all of them but `/health` and `/ready`, which answer
+//!   without credentials (liveness probes carry none; they tell nothing).
+//! - **Admin** (`--admin-listen`, default `127.0.0.1:9190`, or `unix:/path`, or `off`): `/tap`
+//!   (raw log lines, see [`crate::tap`]), `/stats` (for `weir top`), `POST /-/reload`, and the
+//!   status page `/` and `/status.json` as on the public listener (plus a link to `/stats`).
+//!   Local by default, as Vector's API; an optional bearer token (`--admin-token-env`). The
+//!   public listener answers 404 for `/tap`, `/stats` and `/-/reload`: no raw log line and no
+//!   control there.
 //!
 //! Both are served by [`listener`]: connection cap with eviction of idle connections, header
 //! and write deadlines; per request here: a handler deadline and a body cap.
@@ -20,6 +25,7 @@
 pub mod auth;
 pub mod listener;
 pub mod openmetrics;
+pub mod status;
 pub mod web_config;
 
 use std::net::SocketAddr;
@@ -416,11 +422,13 @@ async fn tap(
         .into_response())
 }
 
-/// The public listener's routes: metrics, health, readiness, alerts.
+/// The public listener's routes: status page, metrics, health, readiness, alerts.
 pub fn public_router(state: AppState, web: &WebConfig, limits: Limits) -> Router {
     let auth = web.basic_auth.clone();
     let headers = Arc::new(web.headers.clone());
     Router::new()
+        .route("/", get(status::page))
+        .route("/status.json", get(status::public_json))
         .route("/alerts", get(alerts))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -463,13 +471,16 @@ pub fn public_router(state: AppState, web: &WebConfig, limits: Limits) -> Router
         .layer(axum::middleware::from_fn_with_state(limits, limit_requests))
 }
 
-/// The admin listener's routes: tap, stats, reload; behind the bearer token if one is set.
+/// The admin listener's routes: status page, tap, stats, reload; behind the bearer token if
+/// one is set.
 pub fn admin_router(
     state: AppState,
     token: Option<Arc<auth::BearerToken>>,
     limits: Limits,
 ) -> Router {
     Router::new()
+        .route("/", get(status::page))
+        .route("/status.json", get(status::admin_json))
         .route("/tap", get(tap))
         .route("/stats", get(stats))
         .route("/-/reload", axum::routing::post(reload))
@@ -644,9 +655,16 @@ mod tests {
             status(&app, get("/metrics", Some(&right))).await,
             StatusCode::OK
         );
+        for path in ["/alerts", "/", "/status.json"] {
+            assert_eq!(
+                status(&app, get(path, None)).await,
+                StatusCode::UNAUTHORIZED,
+                "{path}"
+            );
+        }
         assert_eq!(
-            status(&app, get("/alerts", None)).await,
-            StatusCode::UNAUTHORIZED
+            status(&app, get("/status.json", Some(&right))).await,
+            StatusCode::OK
         );
         assert_eq!(status(&app, get("/health", None)).await, StatusCode::OK);
         assert_eq!(status(&app, get("/ready", None)).await, StatusCode::OK);

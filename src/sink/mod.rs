@@ -769,6 +769,15 @@ pub fn start(
     ))
 }
 
+/// A request body gzip-compressed (the Elasticsearch and OTLP sinks' `compression = "gzip"`).
+pub fn gzip(raw: &[u8], level: flate2::Compression) -> Result<Vec<u8>, String> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(raw.len() / 4), level);
+    enc.write_all(raw)
+        .and_then(|()| enc.finish())
+        .map_err(|e| format!("gzip compression failed: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

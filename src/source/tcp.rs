@@ -169,7 +169,7 @@ struct Shared {
     /// The TLS acceptor and handshake timeout; `None`: plaintext.
     tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
     /// When a failed handshake was last logged, and the count then.
-    tls_warned: std::sync::Mutex<Option<(Instant, u64)>>,
+    tls_warned: std::sync::Mutex<crate::telemetry::LogLimit>,
     format: Format,
     out: mpsc::Sender<LineBatch>,
     shutdown: CancellationToken,
@@ -264,7 +264,7 @@ async fn serve(
             selfm.tcp_buffered_bytes.clone(),
         )),
         tls,
-        tls_warned: std::sync::Mutex::new(None),
+        tls_warned: std::sync::Mutex::new(crate::telemetry::LogLimit::every(REFUSED_WARN_EVERY)),
         format: cfg.format,
         out,
         shutdown: shutdown.clone(),
@@ -282,7 +282,7 @@ async fn serve(
         cfg.max_connections.min(Semaphore::MAX_PERMITS),
     ));
     let tasks = TaskTracker::new();
-    let mut refused_warned: Option<(Instant, u64)> = None;
+    let mut refused_warned = crate::telemetry::LogLimit::every(REFUSED_WARN_EVERY);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -304,17 +304,14 @@ async fn serve(
             // Over the limit: closing the socket now is the refusal.
             drop(stream);
             refused.inc();
-            let due = refused_warned.is_none_or(|(at, _)| at.elapsed() >= REFUSED_WARN_EVERY);
-            if due {
-                let since = refused_warned.map_or(0, |(_, n)| n);
+            if let Some(not_logged) = refused_warned.hit() {
                 tracing::warn!(
                     addr = %local,
                     peer = %peer,
                     max_connections = cfg.max_connections,
-                    refused = refused.get() - since,
+                    refused = not_logged + 1,
                     "tcp connections refused: max_connections reached"
                 );
-                refused_warned = Some((Instant::now(), refused.get()));
             }
             continue;
         };
@@ -389,18 +386,15 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, op
 /// Logs a failed handshake, at most once per [`REFUSED_WARN_EVERY`] (with the count since);
 /// each is counted as `tls_error` by the caller.
 fn warn_handshake(shared: &Shared, peer: SocketAddr, e: &io::Error) {
-    let failed = shared.disconnects[Disconnect::TlsError as usize].get() + 1;
-    let mut last = shared.tls_warned.lock().unwrap_or_else(|p| p.into_inner());
-    if last.is_none_or(|(at, _)| at.elapsed() >= REFUSED_WARN_EVERY) {
-        let since = last.map_or(0, |(_, n)| n);
+    let mut limit = shared.tls_warned.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(not_logged) = limit.hit() {
         tracing::warn!(
             source = %shared.source,
             peer = %peer,
             error = %e,
-            failed = failed - since,
+            failed = not_logged + 1,
             "tcp client failed its TLS handshake"
         );
-        *last = Some((Instant::now(), failed));
     } else {
         tracing::debug!(peer = %peer, error = %e, "tcp client failed its TLS handshake");
     }

@@ -21,6 +21,7 @@ mod pipeline_tests;
 mod reference;
 mod reload;
 mod state;
+mod status_page;
 #[path = "../support/mod.rs"]
 mod support;
 mod tap;

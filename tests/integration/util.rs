@@ -349,7 +349,7 @@ pub fn have_tool(tool: &str) -> bool {
     if !found {
         assert!(
             std::env::var("CI").is_err(),
-            "{tool} is required in CI (apt-get install -y prometheus)"
+            "{tool} is required in CI (.ci/install-test-tools.sh installs it)"
         );
         // Written past libtest's capture (which takes print!/eprint! only), so the skip shows
         // in `cargo test`'s output although the test is reported ok.

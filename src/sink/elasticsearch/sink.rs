@@ -1,7 +1,6 @@
 //! The runtime sink: events to an NDJSON bulk body, a bulk response to an [`Outcome`] per
 //! document.
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Deserialize;
@@ -107,15 +106,7 @@ impl HttpSink for ElasticsearchSink {
         let raw = self.bulk_body(events)?;
         let body = match self.compression {
             EsCompression::None => raw,
-            EsCompression::Gzip => {
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(raw.len() / 4),
-                    flate2::Compression::default(),
-                );
-                enc.write_all(&raw)
-                    .and_then(|()| enc.finish())
-                    .map_err(|e| format!("gzip compression failed: {e}"))?
-            }
+            EsCompression::Gzip => crate::sink::gzip(&raw, flate2::Compression::default())?,
         };
         let mut headers = self.headers.clone();
         if let Some(auth) = &self.auth {

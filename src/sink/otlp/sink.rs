@@ -428,16 +428,7 @@ impl HttpSink for OtlpSink {
         let raw = self.encode_raw(events);
         let body = match self.compression {
             OtlpCompression::None => raw,
-            OtlpCompression::Gzip => {
-                use std::io::Write as _;
-                let mut enc = flate2::write::GzEncoder::new(
-                    Vec::with_capacity(raw.len() / 4),
-                    flate2::Compression::fast(),
-                );
-                enc.write_all(&raw)
-                    .and_then(|()| enc.finish())
-                    .map_err(|e| format!("gzip compression failed: {e}"))?
-            }
+            OtlpCompression::Gzip => crate::sink::gzip(&raw, flate2::Compression::fast())?,
         };
         let mut headers = self.headers.clone();
         headers.extend(self.secrets.iter().map(|(k, v)| (k.clone(), v.0.clone())));

@@ -1,0 +1,202 @@
+//! The status page `/` in a real headless browser (Debian's `chromium`): weir is fed a known
+//! stream, and once `/metrics` counts all of it the page, run by the browser, shows the same
+//! numbers — events and lines per source, parse problems per reason, series of a derived
+//! histogram, the alerts `/alerts` lists (one fires). The public listener's page holds no raw input line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{get, have_tool, key, scrape_when_processed, spawn_weir, weir};
+
+/// The DOM after the page's scripts ran, as chromium dumps it.
+fn dump_dom(url: &str) -> String {
+    let profile = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=5000", "--dump-dom", url])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn chromium");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().expect("wait chromium").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 90 s on {url}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("chromium output");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && dom.contains("</html>"),
+        "chromium on {url}: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dom
+}
+
+/// The text of the element with this id (a table cell: no markup inside).
+fn text_of(dom: &str, id: &str) -> Option<String> {
+    let at = dom.find(&format!("id=\"{id}\""))?;
+    let rest = &dom[at..];
+    let start = rest.find('>')? + 1;
+    let end = rest[start..].find('<')?;
+    Some(rest[start..start + end].to_string())
+}
+
+fn shown(dom: &str, id: &str) -> String {
+    text_of(dom, id).unwrap_or_else(|| panic!("no element #{id} in the page:\n{dom}"))
+}
+
+#[test]
+fn status_page_shows_what_metrics_says() {
+    if !have_tool("chromium") {
+        return;
+    }
+    // 3 minutes of the log's clock: agent-07's failures (from 2:00) fire AgentTaskFailures,
+    // which stays firing for the 5 minutes of its window on weir's clock.
+    const LINES: usize = 10_000;
+    let out = weir()
+        .args(["generate", "demo-logs", "--incidents", "--seed", "16"])
+        .args(["--malformed-rate", "0.02", "-n", &LINES.to_string()])
+        .output()
+        .expect("run weir generate");
+    assert!(out.status.success(), "{out:?}");
+    let corpus = out.stdout;
+    let mut w = spawn_weir(&[]);
+    let input = w.child.stdin.as_mut().expect("stdin");
+    input.write_all(&corpus).expect("write");
+    input.flush().expect("flush");
+    // stdin stays open: weir keeps running, and nothing more comes in, so the numbers hold.
+    let metrics = scrape_when_processed(&w.addr, LINES as f64);
+    // Alerts are evaluated on a timer: wait for the firing one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let alerts = loop {
+        let (_, body) = get(&w.addr, "/alerts");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        let firing = v["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["rule"] == "AgentTaskFailures" && a["state"] == "firing");
+        if firing {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "AgentTaskFailures does not fire: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (status, doc) = get(&w.addr, "/status.json");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
+    assert_eq!(doc["listener"], "public");
+    let (status, doc) = get(&w.admin, "/status.json");
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
+    assert_eq!(doc["listener"], "admin");
+
+    let n = |v: f64| format!("{}", v as u64);
+    let events = metrics[&key("weir_events_total", &[("source", "stdin")])];
+    let lines = metrics[&key("weir_lines_total", &[("source", "stdin")])];
+    let problems: BTreeMap<String, f64> = metrics
+        .iter()
+        .filter(|(k, v)| k.0 == "weir_parse_errors_total" && **v > 0.0)
+        .map(|(k, v)| (k.1["reason"].clone(), *v))
+        .collect();
+    assert!(!problems.is_empty(), "the corpus has malformed lines");
+    let duration_series: BTreeSet<&BTreeMap<String, String>> = metrics
+        .keys()
+        .filter(|k| k.0 == "agent_task_duration_seconds_count")
+        .map(|k| &k.1)
+        .collect();
+    assert!(!duration_series.is_empty());
+    let rules: BTreeSet<String> = alerts["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| a["rule"].as_str().expect("rule").to_string())
+        .collect();
+    assert!(rules.contains("AgentTaskFailures"), "{alerts}");
+
+    let public = dump_dom(&format!("http://{}/", w.addr));
+    let admin = dump_dom(&format!("http://{}/", w.admin));
+    for (name, dom) in [("public", &public), ("admin", &admin)] {
+        assert_eq!(shown(dom, "source-events-stdin"), n(events), "{name}");
+        assert_eq!(shown(dom, "source-lines-stdin"), n(lines), "{name}");
+        // Several polls within the browser's time budget, nothing new in between: a rate of 0.
+        assert_eq!(shown(dom, "source-events-rate-stdin"), "0.0", "{name}");
+        for (reason, count) in &problems {
+            assert_eq!(
+                shown(dom, &format!("problem-{reason}")),
+                n(*count),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            shown(dom, "series-agent_task_duration_seconds"),
+            duration_series.len().to_string(),
+            "{name}"
+        );
+        // The default pipeline has no sink: /metrics has no weir_sink_events_total either.
+        assert!(!metrics.keys().any(|k| k.0 == "weir_sink_events_total"));
+        assert!(dom.contains(">no sink</td>"), "{name}");
+        for rule in &rules {
+            assert!(
+                dom.contains(&format!("<td class=\"alert-rule\">{rule}</td>")),
+                "{name}: alert {rule} not shown"
+            );
+        }
+        assert!(
+            dom.contains("<td class=\"left\">agent_id=agent-07</td>"),
+            "{name}"
+        );
+        assert_eq!(
+            dom.matches("<td class=\"firing left\">firing</td>").count(),
+            alerts["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["state"] == "firing")
+                .count(),
+            "{name}"
+        );
+        assert!(dom.contains("href=\"metrics\""), "{name}");
+        assert!(dom.contains("href=\"alerts\""), "{name}");
+    }
+    // /stats is linked only where it is served.
+    assert!(public.contains("id=\"stats-link\" href=\"stats\" hidden"));
+    assert!(admin.contains("id=\"stats-link\" href=\"stats\">"));
+    assert!(public.contains("sample lines: admin listener only"));
+
+    // No raw input line on the public listener (malformed ones included).
+    for line in String::from_utf8_lossy(&corpus).lines() {
+        let line = line.trim();
+        if line.len() >= 16 {
+            assert!(
+                !public.contains(line),
+                "a raw line on the public page: {line}"
+            );
+        }
+    }
+
+    drop(w.child.stdin.take());
+    assert!(w.child.wait().expect("wait").success());
+}

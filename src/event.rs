@@ -204,6 +204,9 @@ pub struct Event<'a> {
     pub component: Option<Cow<'a, str>>,
     pub message: Cow<'a, str>,
     pub trace_id: Cow<'a, str>,
+    /// Whether weir made `trace_id` up (`generate_trace_id`: the line had none): it still
+    /// correlates the shipped line, but no trace backend knows it, so it is no exemplar.
+    pub trace_generated: bool,
     /// Values captured at the pipeline's field paths, indexed by path id (see `parse::FieldPaths`).
     pub captured: Vec<Option<Value<'a>>>,
     /// The text parser (logfmt, regex) that read the line, to decode all its fields on demand

@@ -744,6 +744,7 @@ mod tests {
                 alerts: None,
                 reload: None,
                 tap: Some(h.clone()),
+                parse_report: None,
             },
             None,
             crate::server::Limits::default(),

@@ -591,9 +591,14 @@ fn spawn_source(
         }),
         SourceConfig::File(f) if ctx.oneshot => {
             // A backfill: every matching file once, to its end, in order.
-            let paths: Vec<PathBuf> = source::file::expand(&f, &selfm, &stop)?
+            // Labelled by the pattern that selected each file, as when tailing, so that a
+            // backfill and a live run give the same series.
+            let paths: Vec<(PathBuf, Arc<str>)> = source::file::expand(&f, &selfm, &stop)?
                 .into_iter()
-                .map(|(p, _)| p)
+                .map(|(p, i)| {
+                    let pattern = f.paths.get(i).map_or("", String::as_str);
+                    (p, Arc::from(pattern))
+                })
                 .collect();
             if paths.is_empty() {
                 anyhow::bail!("no file matches {:?}", f.paths.join(" "));
@@ -795,6 +800,7 @@ pub async fn run(
                 alerts: alerts_view.clone(),
                 reload: reload_requests.clone(),
                 tap: tap.clone(),
+                parse_report: Some(opts.parse_report.clone()),
             };
             // The public and the admin listener (see server/mod.rs for what each serves).
             let serving = server::start(addr, opts.http, state, server_stop.clone()).await?;
@@ -941,10 +947,10 @@ pub async fn run(
     }
 }
 
-fn progress_bar(paths: &[PathBuf]) -> ProgressBar {
+fn progress_bar(paths: &[(PathBuf, Arc<str>)]) -> ProgressBar {
     let total: u64 = paths
         .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
+        .filter_map(|(p, _)| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum();
     let pb = ProgressBar::new(total);

@@ -706,11 +706,12 @@ impl CompiledMetric {
         if truncated {
             inc(&self.errors.label_value_truncated);
         }
-        let ex = series::ExemplarOf {
+        // A made-up trace id leads to no trace: no exemplar from it.
+        let ex = (!ev.trace_generated).then_some(series::ExemplarOf {
             trace_id: &ev.trace_id,
             timestamp: ev.timestamp,
-        };
-        self.series.update(&values, tick, v, Some(ex));
+        });
+        self.series.update(&values, tick, v, ex);
         if !self.watchers.is_empty() {
             feed.observe(&self.watchers, &values, v);
         }
@@ -1046,6 +1047,37 @@ include_unparsed = true
         for want in ["all_total 1\n", "panics_total 1\n", "raw_panics_total 2\n"] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
+    }
+
+    /// An exemplar carries a trace id from the line; one weir generated (the line had none)
+    /// leads to no trace and makes no exemplar.
+    #[test]
+    fn generated_trace_ids_make_no_exemplar() {
+        let pipeline = "[[metrics]]\nname = \"jobs_total\"\nkind = \"counter\"\n";
+        let selfm = SelfMetrics::new();
+        let p = PipelineConfig::parse("t.toml", pipeline)
+            .unwrap()
+            .compile("t.toml", pipeline, &selfm)
+            .unwrap();
+        let mut deriver = p.deriver;
+        let om = |reg: &prometheus::Registry| {
+            crate::server::openmetrics::encode(reg.gather(), &selfm.exemplars)
+        };
+        let ev = p.parser.parse(r#"{"message":"no trace"}"#, 0, &mut |_| {});
+        assert!(ev.trace_generated && !ev.trace_id.is_empty());
+        deriver.apply(&ev, 0);
+        let text = om(&p.registry);
+        assert!(text.contains("jobs_total 1\n"), "{text}");
+        let ev = p
+            .parser
+            .parse(r#"{"message":"traced","trace_id":"t-42"}"#, 0, &mut |_| {});
+        assert!(!ev.trace_generated);
+        deriver.apply(&ev, 0);
+        let text = om(&p.registry);
+        assert!(
+            text.contains("jobs_total 2 # {trace_id=\"t-42\"} 1"),
+            "{text}"
+        );
     }
 
     use proptest::strategy::Strategy as _;

@@ -438,6 +438,7 @@ impl LineParser {
             component: None,
             message: Cow::Borrowed(line),
             trace_id: self.new_trace_id(),
+            trace_generated: self.generate_trace_id,
             captured,
             text: None,
         }
@@ -568,9 +569,9 @@ impl LineParser {
         let message = first(&self.message)
             .and_then(owned_text)
             .unwrap_or(Cow::Borrowed(if text.is_some() { line } else { "" }));
-        let trace_id = match first(&self.trace_id).and_then(owned_text) {
-            Some(t) if !t.is_empty() => t,
-            _ => self.new_trace_id(),
+        let (trace_id, trace_generated) = match first(&self.trace_id).and_then(owned_text) {
+            Some(t) if !t.is_empty() => (t, false),
+            _ => (self.new_trace_id(), self.generate_trace_id),
         };
         Event {
             line,
@@ -581,6 +582,7 @@ impl LineParser {
             component,
             message,
             trace_id,
+            trace_generated,
             captured,
             text,
         }

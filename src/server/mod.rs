@@ -234,6 +234,8 @@ pub struct AppState {
     pub reload: Option<tokio::sync::mpsc::Sender<crate::reload::Request>>,
     /// `weir tap` subscriptions.
     pub tap: Option<Arc<crate::tap::TapHub>>,
+    /// Parse problems' first sample lines, for the admin listener's status document.
+    pub parse_report: Option<Arc<crate::parse::report::ParseReport>>,
 }
 
 /// An error from a handler, as a 500 with its message.
@@ -553,6 +555,7 @@ mod tests {
             alerts: None,
             reload: None,
             tap: None,
+            parse_report: None,
         };
         let app = public_router(state.clone(), &WebConfig::default(), Limits::default());
         let res = app
@@ -600,6 +603,7 @@ mod tests {
             alerts: None,
             reload: None,
             tap: None,
+            parse_report: None,
         }
     }
 

@@ -382,6 +382,7 @@ mod tests {
             alerts: None,
             reload: None,
             tap: None,
+            parse_report: None,
         };
         let app = crate::server::public_router(
             state,

@@ -10,10 +10,11 @@
 //! nothing per event for the page.
 //!
 //! # What each listener tells
-//! The document holds counts, names and labels only, which `/metrics` and `/alerts` already show
-//! on the public listener (behind its basic auth). No raw log line is in it: those stay on the
-//! admin listener (`/tap`). `listener` says which listener served it, so the page links `/stats`
-//! only where it exists.
+//! The public document holds counts, names and labels only, which `/metrics` and `/alerts`
+//! already show on the public listener (behind its basic auth). No raw log line is in it: those
+//! stay on the admin listener, whose document adds the first sample line of each parse problem
+//! (as the `--oneshot` summary and the live warnings show them). `listener` says which listener
+//! served it, so the page links `/stats` and shows samples only where they exist.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +56,16 @@ pub struct StatusDoc {
     pub derived: Vec<DerivedFamily>,
     /// The pending and firing alerts, as `/alerts` lists them.
     pub alerts: Vec<AlertView>,
+    /// Admin listener only: the first line of each parse problem, by reason (cut to 200
+    /// characters). Empty on the public listener.
+    pub samples: BTreeMap<&'static str, SampleLine>,
+}
+
+/// A parse problem's first line and its source.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SampleLine {
+    pub source: String,
+    pub line: String,
 }
 
 /// One derived metric family.
@@ -100,6 +111,18 @@ impl StatusDoc {
             .as_ref()
             .and_then(|v| v.read().ok().map(|v| v.clone()))
             .unwrap_or_default();
+        let mut samples = BTreeMap::new();
+        if let (Listener::Admin, Some(report)) = (listener, &state.parse_report) {
+            for &issue in crate::event::ParseIssue::ALL {
+                if let Some(s) = report.sample(issue) {
+                    let line = SampleLine {
+                        source: s.source.clone(),
+                        line: s.line.clone(),
+                    };
+                    samples.insert(issue.reason(), line);
+                }
+            }
+        }
         StatusDoc {
             version: env!("CARGO_PKG_VERSION"),
             time_secs,
@@ -108,6 +131,7 @@ impl StatusDoc {
             families: stats.families,
             derived,
             alerts,
+            samples,
         }
     }
 }
@@ -181,6 +205,7 @@ mod tests {
             alerts: None,
             reload: None,
             tap: None,
+            parse_report: None,
         };
         let public = public_router(state.clone(), &WebConfig::default(), Limits::default());
         let admin = admin_router(state, None, Limits::default());

@@ -299,11 +299,22 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// Drops what is still queued for an abandoned sink, and says how much it lost in all (what it
+/// held, in flight and queued): the run must not end quietly with lines undelivered.
 fn drain_abandoned(rx: &mut EventRx, m: &SinkMetrics) {
     rx.close();
     while let Ok(chunk) = rx.try_recv() {
         m.drop_events("shutdown", chunk.len());
         m.buffer_events.sub(chunk.len() as i64);
+    }
+    let lost = m.dropped.with_label_values(&[&m.name, "shutdown"]).get();
+    if lost > 0 {
+        tracing::warn!(
+            sink = %m.name,
+            events = lost,
+            "sink abandoned (shutdown deadline passed): {lost} events not delivered \
+             (weir_sink_dropped_total{{reason=\"shutdown\"}}; a disk buffer keeps them)"
+        );
     }
 }
 

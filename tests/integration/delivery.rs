@@ -289,3 +289,50 @@ fn a_reload_hands_a_disk_buffer_to_the_changed_sink() {
     );
     assert!(down.entries().is_empty(), "nothing reached the old backend");
 }
+
+/// SIGTERM while the sink hangs (Loki accepts the push and never answers): weir gives the sink
+/// `shutdown_timeout_secs`, then stops anyway and says how many events it could not deliver.
+#[test]
+fn sigterm_while_the_sink_hangs_stops_within_the_deadline_and_says_what_is_lost() {
+    let rx = LokiReceiver::start();
+    rx.set_delay(Duration::from_secs(3600));
+    let mut w = weir()
+        .args(["run", "--listen", "127.0.0.1:0", "--loki", &rx.url()])
+        .args(["--shutdown-timeout-secs", "2"])
+        .env("WEIR_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = w.stdin.take().expect("stdin");
+    stdin
+        .write_all(numbered(0, 1_000).as_bytes())
+        .expect("write");
+    stdin.flush().expect("flush");
+    // The first push is on its way and will never be answered.
+    std::thread::sleep(Duration::from_secs(2));
+    let sent = Instant::now();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &w.id().to_string()])
+        .status();
+    assert!(kill.expect("kill").success());
+    let status = wait_exit(&mut w, Duration::from_secs(20));
+    let took = sent.elapsed();
+    drop(stdin);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut w.stderr.take().expect("stderr"), &mut err).expect("read");
+    assert!(
+        took >= Duration::from_secs(2),
+        "weir did not wait for the sink: {took:?}\n{err}"
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "weir took {took:?} to stop with a 2 s deadline\n{err}"
+    );
+    assert!(status.success(), "{status:?}\n{err}");
+    assert!(
+        err.contains("1000 events not delivered"),
+        "weir does not say what it could not deliver:\n{err}"
+    );
+}

@@ -147,3 +147,36 @@ fn run_on_a_terminal_says_it_reads_stdin_and_how_to_feed_it() {
         "{err}"
     );
 }
+
+/// A glob gives the same `source` label whether weir backfills (`--oneshot`, where it was
+/// each file's path) or tails the files (the glob): dashboards see one series either way.
+#[test]
+fn a_glob_labels_its_source_the_same_in_oneshot_and_in_follow_mode() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let line = |i: u32| format!("{{\"message\":\"m\",\"n\":{i}}}\n");
+    temp_file(
+        dir.path(),
+        "a.log",
+        (0..3).map(line).collect::<String>().as_bytes(),
+    );
+    temp_file(
+        dir.path(),
+        "b.log",
+        (3..5).map(line).collect::<String>().as_bytes(),
+    );
+    let glob = format!("{}/*.log", dir.path().display());
+    let out = weir()
+        .args(["run", "--oneshot", &glob])
+        .output()
+        .expect("run weir");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = crate::util::parse_exposition(&String::from_utf8_lossy(&out.stdout));
+    let events = crate::util::key("weir_lines_total", &[("source", &glob)]);
+    assert_eq!(m.get(&events), Some(&5.0), "oneshot: {m:?}");
+    let w = spawn_weir(&[&glob]);
+    crate::util::wait_for_metric(&w.addr, "weir_lines_total", &[("source", &glob)], 5.0);
+}

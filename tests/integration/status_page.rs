@@ -108,10 +108,16 @@ fn status_page_shows_what_metrics_says() {
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
     assert_eq!(doc["listener"], "public");
+    assert_eq!(
+        doc["samples"],
+        serde_json::json!({}),
+        "samples on the public listener"
+    );
     let (status, doc) = get(&w.admin, "/status.json");
     assert_eq!(status, 200);
     let doc: serde_json::Value = serde_json::from_str(&doc).expect("JSON");
     assert_eq!(doc["listener"], "admin");
+    let samples = doc["samples"].as_object().expect("samples").clone();
 
     let n = |v: f64| format!("{}", v as u64);
     let events = metrics[&key("weir_events_total", &[("source", "stdin")])];
@@ -185,6 +191,33 @@ fn status_page_shows_what_metrics_says() {
     assert!(public.contains("id=\"stats-link\" href=\"stats\" hidden"));
     assert!(admin.contains("id=\"stats-link\" href=\"stats\">"));
     assert!(public.contains("sample lines: admin listener only"));
+    assert!(
+        !public.contains("id=\"sample-"),
+        "sample lines on the public page"
+    );
+
+    // The admin page shows each parse problem's first line, a line of the input.
+    let corpus_text = String::from_utf8_lossy(&corpus).to_string();
+    assert!(
+        samples.contains_key("invalid_json"),
+        "no invalid_json sample: {samples:?}"
+    );
+    for (reason, sample) in &samples {
+        assert!(
+            problems.contains_key(reason),
+            "a sample for {reason}, not counted"
+        );
+        let shown = shown(&admin, &format!("sample-{reason}"))
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&");
+        assert_eq!(shown, sample["line"].as_str().expect("line"), "{reason}");
+        let head = shown.trim_end_matches('…');
+        assert!(
+            corpus_text.lines().any(|l| l.starts_with(head)),
+            "the {reason} sample is not an input line: {shown}"
+        );
+    }
 
     // No raw input line on the public listener (malformed ones included).
     for line in String::from_utf8_lossy(&corpus).lines() {

@@ -27,9 +27,10 @@ pub struct ReadOnce {
     pub progress: Option<ProgressBar>,
 }
 
-/// Reads files in the order given, each to its end (oneshot).
+/// Reads files in the order given, each to its end (oneshot); each file's lines carry the
+/// source name given with it (the glob that selected it).
 pub async fn read_to_end(
-    paths: Vec<PathBuf>,
+    paths: Vec<(PathBuf, Arc<str>)>,
     read: ReadOnce,
     out: mpsc::Sender<LineBatch>,
     shutdown: CancellationToken,
@@ -47,7 +48,7 @@ pub async fn read_to_end(
     };
     let started = Instant::now();
     let mut lines = 0u64;
-    for path in paths {
+    for (path, name) in paths {
         let err = |source| FileError::Io {
             path: path.clone(),
             source,
@@ -65,7 +66,6 @@ pub async fn read_to_end(
             }
             Err(e) => return Err(err(e)),
         };
-        let name: Arc<str> = Arc::from(path.display().to_string());
         let mut reader = LineReader::new(file, name.clone(), max_line_bytes);
         let mut decoder = (format != Format::Json).then(|| {
             ContainerDecoder::new(

@@ -1,7 +1,8 @@
 //! The status page `/` in a real headless browser (Debian's `chromium`): weir is fed a known
 //! stream, and once `/metrics` counts all of it the page, run by the browser, shows the same
 //! numbers — events and lines per source, parse problems per reason, series of a derived
-//! histogram, the alerts `/alerts` lists (one fires). The public listener's page holds no raw input line.
+//! histogram, the Loki sink's deliveries, the alerts `/alerts` lists (one fires). The public
+//! listener's page holds no raw input line; the admin one shows each parse problem's first line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -79,12 +80,33 @@ fn status_page_shows_what_metrics_says() {
         .expect("run weir generate");
     assert!(out.status.success(), "{out:?}");
     let corpus = out.stdout;
-    let mut w = spawn_weir(&[]);
+    // A sink, so that the page's sinks table has a row to check (the receiver is written from
+    // Loki's push API spec, tests/support/loki.rs).
+    // The demo lines are of 2024: accept any age.
+    let rx = crate::support::loki::LokiReceiver::start_with(crate::support::loki::LokiLimits {
+        reject_old_samples_max_age: None,
+        unordered_writes: true,
+        ..Default::default()
+    });
+    let mut w = spawn_weir(&["--loki", &rx.url()]);
     let input = w.child.stdin.as_mut().expect("stdin");
     input.write_all(&corpus).expect("write");
     input.flush().expect("flush");
     // stdin stays open: weir keeps running, and nothing more comes in, so the numbers hold.
-    let metrics = scrape_when_processed(&w.addr, LINES as f64);
+    let mut metrics = scrape_when_processed(&w.addr, LINES as f64);
+    // And every event delivered.
+    let events = metrics[&key("weir_events_total", &[("source", "stdin")])];
+    let delivered = key("weir_sink_events_total", &[("sink", "loki")]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.get(&delivered) != Some(&events) {
+        assert!(
+            Instant::now() < deadline,
+            "loki delivered {:?} of {events}",
+            metrics.get(&delivered)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        metrics = crate::util::parse_exposition(&get(&w.addr, "/metrics").1);
+    }
     // Alerts are evaluated on a timer: wait for the firing one.
     let deadline = Instant::now() + Duration::from_secs(30);
     let alerts = loop {
@@ -120,7 +142,12 @@ fn status_page_shows_what_metrics_says() {
     let samples = doc["samples"].as_object().expect("samples").clone();
 
     let n = |v: f64| format!("{}", v as u64);
-    let events = metrics[&key("weir_events_total", &[("source", "stdin")])];
+    // Loki stores an entry once per stream, timestamp and line (the demo repeats a few).
+    assert_eq!(
+        (rx.entries().len() + rx.duplicates()) as f64,
+        events,
+        "entries the Loki receiver got"
+    );
     let lines = metrics[&key("weir_lines_total", &[("source", "stdin")])];
     let problems: BTreeMap<String, f64> = metrics
         .iter()
@@ -161,9 +188,11 @@ fn status_page_shows_what_metrics_says() {
             duration_series.len().to_string(),
             "{name}"
         );
-        // The default pipeline has no sink: /metrics has no weir_sink_events_total either.
-        assert!(!metrics.keys().any(|k| k.0 == "weir_sink_events_total"));
-        assert!(dom.contains(">no sink</td>"), "{name}");
+        // The sink: delivered as /metrics says, none retried, held, dead-lettered or dropped.
+        assert_eq!(shown(dom, "sink-events-loki"), n(events), "{name}");
+        for id in ["retries", "buffered", "dead", "dropped"] {
+            assert_eq!(shown(dom, &format!("sink-{id}-loki")), "0", "{name}: {id}");
+        }
         for rule in &rules {
             assert!(
                 dom.contains(&format!("<td class=\"alert-rule\">{rule}</td>")),

@@ -738,13 +738,8 @@ mod tests {
         ));
         let app = crate::server::admin_router(
             crate::server::AppState {
-                derived: prometheus::Registry::new(),
-                selfm: selfm.clone(),
-                ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-                alerts: None,
-                reload: None,
                 tap: Some(h.clone()),
-                parse_report: None,
+                ..crate::server::AppState::new(prometheus::Registry::new(), selfm.clone())
             },
             None,
             crate::server::Limits::default(),

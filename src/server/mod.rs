@@ -238,6 +238,22 @@ pub struct AppState {
     pub parse_report: Option<Arc<crate::parse::report::ParseReport>>,
 }
 
+impl AppState {
+    /// A state serving `derived` and `selfm`, ready, with nothing else (alerts, reload, tap,
+    /// parse report: off); the caller sets what it needs.
+    pub fn new(derived: Registry, selfm: SelfMetrics) -> AppState {
+        AppState {
+            derived,
+            selfm,
+            ready: Arc::new(AtomicBool::new(true)),
+            alerts: None,
+            reload: None,
+            tap: None,
+            parse_report: None,
+        }
+    }
+}
+
 /// An error from a handler, as a 500 with its message.
 pub struct AppError(anyhow::Error);
 
@@ -548,15 +564,8 @@ mod tests {
             prometheus::CounterVec::new(prometheus::Opts::new("x_total", "X."), &["v"]).unwrap();
         derived.register(Box::new(c.clone())).unwrap();
         c.with_label_values(&["a \"quoted\" \\ value\n"]).inc();
-        let state = AppState {
-            derived,
-            selfm,
-            ready: Arc::new(AtomicBool::new(false)),
-            alerts: None,
-            reload: None,
-            tap: None,
-            parse_report: None,
-        };
+        let state = AppState::new(derived, selfm);
+        state.ready.store(false, Ordering::Relaxed);
         let app = public_router(state.clone(), &WebConfig::default(), Limits::default());
         let res = app
             .clone()
@@ -596,15 +605,7 @@ mod tests {
     }
 
     fn state() -> AppState {
-        AppState {
-            derived: Registry::new(),
-            selfm: SelfMetrics::new(),
-            ready: Arc::new(AtomicBool::new(true)),
-            alerts: None,
-            reload: None,
-            tap: None,
-            parse_report: None,
-        }
+        AppState::new(Registry::new(), SelfMetrics::new())
     }
 
     async fn status(app: &Router, req: Request<Body>) -> StatusCode {

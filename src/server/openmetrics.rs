@@ -375,15 +375,8 @@ mod tests {
         use axum::body::Body;
         use axum::http::{header, Request};
         use tower::ServiceExt;
-        let state = crate::server::AppState {
-            derived: Registry::new(),
-            selfm: crate::telemetry::SelfMetrics::new(),
-            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            alerts: None,
-            reload: None,
-            tap: None,
-            parse_report: None,
-        };
+        let state =
+            crate::server::AppState::new(Registry::new(), crate::telemetry::SelfMetrics::new());
         let app = crate::server::public_router(
             state,
             &crate::server::WebConfig::default(),

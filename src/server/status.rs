@@ -171,8 +171,6 @@ mod tests {
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use prometheus::Registry;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
     use tower::ServiceExt;
 
     async fn fetch(app: axum::Router, path: &str) -> (StatusCode, String) {
@@ -198,15 +196,7 @@ mod tests {
         derived.register(Box::new(h.clone())).unwrap();
         h.with_label_values(&["a"]).observe(1.0);
         h.with_label_values(&["b"]).observe(1.0);
-        let state = AppState {
-            derived,
-            selfm: SelfMetrics::new(),
-            ready: Arc::new(AtomicBool::new(true)),
-            alerts: None,
-            reload: None,
-            tap: None,
-            parse_report: None,
-        };
+        let state = AppState::new(derived, SelfMetrics::new());
         let public = public_router(state.clone(), &WebConfig::default(), Limits::default());
         let admin = admin_router(state, None, Limits::default());
         for (app, listener) in [(public, "public"), (admin, "admin")] {

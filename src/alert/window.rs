@@ -329,18 +329,28 @@ impl AbsentGroups {
         if !self.condition.matches(ev) {
             return;
         }
+        if let [field] = self.by.as_slice() {
+            // The common case (`by (component)`): one value, probed as a one-element slice.
+            let value = field.text(ev).unwrap_or(Cow::Borrowed(""));
+            self.seen_at(&[value.as_ref()], sec);
+            return;
+        }
         let values: SmallVec<[Cow<'_, str>; 4]> = self
             .by
             .iter()
             .map(|f| f.text(ev).unwrap_or(Cow::Borrowed("")))
             .collect();
         let key: SmallVec<[&str; 4]> = values.iter().map(|c| c.as_ref()).collect();
-        if let Some(s) = self.seen.get_mut(&Probe(&key)) {
+        self.seen_at(&key, sec);
+    }
+
+    fn seen_at(&mut self, key: &[&str], sec: i64) {
+        if let Some(s) = self.seen.get_mut(&Probe(key)) {
             *s = (*s).max(sec);
         } else if self.seen.len() >= self.max_groups {
             self.dropped.inc();
         } else {
-            self.seen.insert(GroupKey::of(&key), sec);
+            self.seen.insert(GroupKey::of(key), sec);
         }
     }
 }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use weir::generate::{demo_logs, DemoOptions};
+use weir::processor::Processor;
 use weir::source::LineBatch;
 use weir::telemetry::SelfMetrics;
-use weir::topology::Processor;
 
 const LINES: u64 = 100_000;
 

@@ -7,6 +7,10 @@
 # interleaved; the median wall time is kept, with CPU seconds (user + sys) and peak RSS of that
 # run. The machine is shared and noisy: quote the ratios, not the seconds.
 #
+# `weir-oneshot-1thread` is the same run with `--threads 1` (one parse worker beside the derive
+# thread): the per-core figure against the floor. With WEIR_BASELINE=/path/to/an/older/weir the
+# batch also runs that binary on the same pipeline, for a before/after in one run.
+#
 #   benches/ratios.sh [LINES] [RUNS]        (defaults 1000000 3; builds the release binary)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,6 +55,10 @@ for _ in $(seq "$runs"); do
   run_one "cat" cat "$corpus"
   run_one "weir-oneshot" "$weir" run --oneshot --progress never "$corpus"
   run_one "weir-oneshot-noalerts" "$weir" run --oneshot --progress never --config "$dir/noalerts.toml" "$corpus"
+  run_one "weir-oneshot-1thread" "$weir" run --oneshot --progress never --threads 1 "$corpus"
+  if [[ -n ${WEIR_BASELINE:-} ]]; then
+    run_one "baseline-oneshot" "$WEIR_BASELINE" run --oneshot --progress never "$corpus"
+  fi
   run_one "weir-live-stdin<" "$weir" run --listen 127.0.0.1:0 --admin-listen off
   if command -v mtail >/dev/null; then
     run_one "mtail" mtail --one_shot --one_shot_format prometheus --progs "$dir/mtail" --logs "$corpus"
@@ -74,14 +82,17 @@ awk -v l="$lines" -v floor="$floor_s" -v nl="$newlines" '
       mw[name] = med; mc[name] = c; mr[name] = r
     }
     printf "%-26s %8s %12s %10s %14s %9s\n", "run", "wall s", "lines/s", "CPU s", "lines/CPU-s", "RSS MB"
-    split("cat mtail weir-oneshot weir-oneshot-noalerts weir-live-stdin<", order, " ")
-    for (i = 1; i <= 5; i++) { x = order[i]; if (!(x in mw)) continue
+    split("cat mtail baseline-oneshot weir-oneshot weir-oneshot-noalerts weir-oneshot-1thread weir-live-stdin<", order, " ")
+    for (i = 1; i <= 7; i++) { x = order[i]; if (!(x in mw)) continue
       printf "%-26s %8.2f %12.0f %10.2f %14.0f %9.1f\n", x, mw[x], l / mw[x], mc[x], (mc[x] > 0 ? l / mc[x] : 0), mr[x] / 1024 }
     printf "%-26s %8.2f %12.0f   (one core, serde_json IgnoredAny per line)\n", "floor (validating parse)", floor, l / floor
     printf "%-26s %8.3f   (memchr over the newlines)\n", "floor (newlines)", nl
     printf "\nratios (same batch):\n"
     printf "  weir oneshot / floor:                 %5.2f x (wall; weir CPU / floor: %.2f x)\n", mw["weir-oneshot"] / floor, mc["weir-oneshot"] / floor
     printf "  weir oneshot without alerts / floor:  %5.2f x\n", mw["weir-oneshot-noalerts"] / floor
+    printf "  weir --threads 1 / floor (per core):  %5.2f x\n", mw["weir-oneshot-1thread"] / floor
+    printf "  weir oneshot / --threads 1:           %5.2f x faster (wall)\n", mw["weir-oneshot-1thread"] / mw["weir-oneshot"]
+    if ("baseline-oneshot" in mw) printf "  baseline / weir oneshot:              %5.2f x (wall; %.2f x per CPU-second)\n", mw["baseline-oneshot"] / mw["weir-oneshot"], mc["baseline-oneshot"] / mc["weir-oneshot"]
     printf "  alerts cost (oneshot / no alerts):    %+5.1f%% wall, %+5.1f%% CPU\n", 100 * (mw["weir-oneshot"] / mw["weir-oneshot-noalerts"] - 1), 100 * (mc["weir-oneshot"] / mc["weir-oneshot-noalerts"] - 1)
     printf "  live stdin / oneshot:                 %+5.1f%% wall, %+5.1f%% CPU\n", 100 * (mw["weir-live-stdin<"] / mw["weir-oneshot"] - 1), 100 * (mc["weir-live-stdin<"] / mc["weir-oneshot"] - 1)
     printf "  weir oneshot / cat:                   %5.1f x\n", mw["weir-oneshot"] / mw["cat"]

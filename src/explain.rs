@@ -120,7 +120,7 @@ pub fn explain(cfg: &PipelineConfig, p: &CompiledPipeline) -> String {
     if p.sinks.is_empty() {
         o.push_str("  (none: metrics only; --loki, --elasticsearch, --stdout add some)\n");
     }
-    let named = crate::topology::CliAdditions::default().sinks(p.sinks.clone());
+    let named = crate::additions::CliAdditions::default().sinks(p.sinks.clone());
     for (name, s) in &named {
         let what = match s {
             SinkConfig::Loki(c) => format!("loki {}", redact::urls(&c.endpoint)),

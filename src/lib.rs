@@ -7,7 +7,8 @@
 //!   bounded channel is the backpressure.
 //! - [`parse`]: line to [`event::Event`]: selective JSON capture, timestamps, levels, trace ids.
 //! - [`derive`]: `[[metrics]]` of a pipeline: conditions, labels, series limits and expiry.
-//! - [`topology`]: connects sources to the processing thread; [`shutdown`]: signals and drain.
+//! - [`processor`]: the hot path: parse workers on every core, then derive on one thread, in
+//!   order. [`topology`]: wires sources, processor, sinks and server; [`shutdown`]: signals and drain.
 //! - [`sink`]: Loki, Elasticsearch, stdout, file: batching, retries, dead letters, disk buffer.
 //! - [`alert`]: notifiers (Slack, webhook, PagerDuty, Alertmanager, email); rules to come.
 //! - [`server`]: `/metrics`, `/health`, `/ready`. [`telemetry`]: weir's own logs and metrics.
@@ -21,6 +22,7 @@
 //! - [`generate`]: deterministic demo logs of the agent system.
 //! - [`dashboard`]: `weir generate grafana-dashboard`, a Grafana dashboard for a pipeline's metrics.
 
+pub mod additions;
 pub mod alert;
 pub mod cli;
 pub mod config;
@@ -33,6 +35,7 @@ pub mod interpolate;
 pub mod located;
 pub mod parse;
 pub mod pipeline_test;
+pub mod processor;
 pub mod progress;
 pub mod redact;
 pub mod reference;

@@ -29,9 +29,9 @@ use crate::alert::expr::{self, RuleExpr};
 use crate::config::{CompiledPipeline, ConfigError, PipelineConfig};
 use crate::derive::condition::Ast;
 use crate::located::{self, CompileError};
+use crate::processor::Processor;
 use crate::source::LineBatch;
 use crate::telemetry::SelfMetrics;
-use crate::topology::Processor;
 
 mod expect;
 pub mod schema;

@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::additions::CliAdditions;
 use crate::alert::dispatch::{DispatchHandle, DispatchOptions, Dispatcher};
 use crate::alert::engine::{Clock, Engine};
 use crate::config::PipelineConfig;
@@ -51,11 +52,10 @@ use crate::parse::LineParser;
 use crate::sink::{self, BufferKind, SinkConfig, SinkInput};
 use crate::source::SourceConfig;
 use crate::telemetry::SelfMetrics;
-use crate::topology::CliAdditions;
 
 /// A compiled pipeline for the processor to switch to.
 pub struct Reload {
-    pub parser: LineParser,
+    pub parser: std::sync::Arc<LineParser>,
     pub deriver: Deriver,
     pub engine: Engine,
     /// `[event]`, for the parsers of `weir tap` opened after the reload.
@@ -357,7 +357,7 @@ async fn reload_once(
     let rules = p.rules.len();
     to_processor
         .send(Reload {
-            parser: p.parser,
+            parser: std::sync::Arc::new(p.parser),
             engine: Engine::new(p.rules, selfm).with_clock(Clock::Wall),
             deriver: p.deriver,
             event: p.event,

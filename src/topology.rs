@@ -1,48 +1,45 @@
 //! Wires a compiled pipeline into running parts, joined by bounded channels:
 //!
 //! ```text
-//! sources (async tasks) --LineBatch, bounded--> processor (one thread: parse + derive) --> registry
-//!                                                                                         ^
-//!                                                                  server (/metrics) reads it
+//! sources (async tasks) --LineBatch, bounded--> processor (parse workers, then one derive
+//!                                                thread; see `processor`) --> registry, sinks
+//!                                                                              ^
+//!                                                       server (/metrics) reads it
 //! ```
 //!
-//! Invariants: the only queue is the bounded batch channel ([`CHANNEL_BATCHES`] batches of at
-//! most one read each), so memory is bounded and a slow stage pushes back on the sources. Events
-//! are processed in the order each source read them. The processor runs on its own thread, since
-//! parse + derive are CPU work with no `.await`; the tokio workers stay free for I/O and scrapes.
-//! Shutdown: cancelling the token stops the sources, which drop their senders; the processor
-//! handles every batch already queued, then ends; then the server stops.
+//! Invariants: the source queue is the bounded batch channel ([`CHANNEL_BATCHES`] batches of
+//! at most one read each), and the processor's own channels hold one batch each, so memory is
+//! bounded and a slow stage pushes back on the sources. Events are derived in the order each
+//! source read them (the processor keeps that order across its parse workers). Parse and derive
+//! are CPU work with no `.await`, on threads of their own; the tokio workers stay free for I/O
+//! and scrapes. Shutdown: cancelling the token stops the sources, which drop their senders; the
+//! processor handles every batch already queued, then ends; then the server stops.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use prometheus::IntCounter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::additions::CliAdditions;
 use crate::alert::dispatch::{DispatchOptions, Dispatcher};
 use crate::alert::engine::{Clock, Engine};
 use crate::config::CompiledPipeline;
-use crate::derive::Deriver;
-use crate::event::ParseIssue;
-use crate::parse::report::{self, BatchTally, LiveWarnings, ParseReport};
-use crate::parse::{line_text, LineParser};
+use crate::parse::report::ParseReport;
+use crate::processor::Processor;
 use crate::reload::{self, Reload};
 use crate::server::{self, AppState};
-use crate::sink::{self, AckToken, SinkConfig as SinkCfg, SinkEvent, SinkInput};
+use crate::sink::{self, SinkConfig as SinkCfg};
 use crate::source::{self, LineBatch, SourceConfig};
 use crate::tap::TapHub;
 use crate::telemetry::SelfMetrics;
-use xxhash_rust::xxh3::xxh3_128;
 
 /// Capacity of the source → processor channel, in batches (each at most one 128 KiB read).
 pub const CHANNEL_BATCHES: usize = 16;
-/// How often idle series are expired and the events/s gauge updated.
-const TICK: Duration = Duration::from_secs(2);
 
 /// What to run, from the command line.
 pub struct RunOptions {
@@ -81,471 +78,23 @@ pub struct RunOptions {
     pub watch_config: bool,
     /// Where the processor adds up the parse problems (the `--oneshot` summary reads it).
     pub parse_report: Arc<ParseReport>,
+    /// `--threads`: parse workers (0: one per core); see [`crate::processor`].
+    pub threads: usize,
 }
 
-/// Parse + derive, one batch at a time.
-pub struct Processor {
-    parser: LineParser,
-    deriver: Deriver,
-    selfm: SelfMetrics,
-    issues: Vec<IntCounter>,
-    started: Instant,
-    /// Where events go besides the metrics; empty: no event is built.
-    sinks: Vec<SinkInput>,
-    /// Arrival sequence, for the ids of lines that have no file position.
-    seq: u64,
-    /// Alert rules (possibly none); `None` only before `with_alerts`.
-    alerts: Option<Engine>,
-    /// The registry `/metrics` serves, where a reload swaps changed metrics.
-    live: Option<crate::derive::live::Live>,
-    /// `weir tap` subscriptions, offered every batch.
-    tap: Option<Arc<TapHub>>,
-    /// The run's parse problems, for the `--oneshot` summary (see [`crate::parse::report`]).
-    report: Arc<ParseReport>,
-    /// A live run's warnings: a reason's first appearance, then a summary per period.
-    warnings: LiveWarnings,
-}
-
-impl Processor {
-    pub fn new(parser: LineParser, deriver: Deriver, selfm: SelfMetrics) -> Self {
-        Processor {
-            issues: selfm.parse_issue_counters(),
-            parser,
-            deriver,
-            selfm,
-            started: Instant::now(),
-            sinks: Vec::new(),
-            seq: 0,
-            alerts: None,
-            live: None,
-            tap: None,
-            report: Arc::default(),
-            warnings: LiveWarnings::new(report::WARN_EVERY),
-        }
-    }
-
-    /// Adds every batch's parse problems to `report` (the run's totals).
-    pub fn with_report(mut self, report: Arc<ParseReport>) -> Self {
-        self.report = report;
-        self
-    }
-
-    /// Offers every batch to these `weir tap` subscriptions.
-    pub fn with_tap(mut self, tap: Arc<TapHub>) -> Self {
-        self.tap = Some(tap);
-        self
-    }
-
-    /// Evaluates these alert rules (their windows are in the deriver's feed).
-    pub fn with_alerts(mut self, engine: Engine) -> Self {
-        self.alerts = Some(engine);
-        self
-    }
-
-    /// The registry the derived metrics are served from (for reloads).
-    pub fn with_registry(mut self, live: crate::derive::live::Live) -> Self {
-        self.live = Some(live);
-        self
-    }
-
-    /// Switches to a reloaded pipeline between two batches; see [`crate::reload`]. With a sink
-    /// swap, it lets go of the closed sinks' inputs, then waits for the new ones (the reload
-    /// starts a disk-buffered sink only once its predecessor has let go of the buffer); the
-    /// sources wait meanwhile, as for a full buffer.
-    pub async fn reload(&mut self, r: Reload) {
-        let Reload {
-            parser,
-            mut deriver,
-            mut engine,
-            event,
-            sinks,
-            dispatch,
-            done,
-        } = r;
-        if let Some(swap) = sinks {
-            self.sinks.retain(|s| !swap.close.contains(&s.name));
-            let _ = swap.closed.send(());
-            if let Ok(started) = swap.start.await {
-                self.sinks.extend(started);
-            }
-        }
-        if let Some(t) = &self.tap {
-            t.set_event(event);
-        }
-        if let Some(old) = self.alerts.take() {
-            engine.take_over(old, &self.deriver.feed, &mut deriver.feed);
-        }
-        if let Some(d) = dispatch {
-            engine.set_dispatch(d);
-        }
-        let rules = engine.rules().len();
-        let old = std::mem::replace(&mut self.deriver, deriver);
-        let live = self
-            .live
-            .clone()
-            .unwrap_or_else(|| crate::derive::live::Live::new(prometheus::Registry::new()));
-        let (kept, changed, removed) = self.deriver.take_over(old, &live);
-        self.parser = parser;
-        self.alerts = Some(engine);
-        let _ = done.send(reload::Summary {
-            kept,
-            changed,
-            removed,
-            rules,
-        });
-    }
-
-    /// The alert engine, once processing is over (for a backfill's report).
-    pub fn into_alerts(self) -> Option<Engine> {
-        self.alerts
-    }
-
-    /// Input ended: a backfill evaluates its last second; live state is saved.
-    pub fn finish_alerts(&mut self) {
-        if let Some(a) = &mut self.alerts {
-            match a.clock() {
-                Clock::Event => a.finish(&mut self.deriver.feed),
-                Clock::Wall => a.save(&self.deriver.feed),
-            }
-        }
-    }
-
-    /// Wall clock: evaluates the rules if a second has passed.
-    pub fn tick_alerts(&mut self) {
-        if let Some(a) = &mut self.alerts {
-            if a.clock() == Clock::Wall {
-                a.tick_wall(&mut self.deriver.feed);
-            }
-        }
-    }
-
-    /// Sends every event to these sinks too (fan-out).
-    pub fn with_sinks(mut self, sinks: Vec<SinkInput>) -> Self {
-        self.sinks = sinks;
-        self
-    }
-
-    fn tick(&self) -> u32 {
-        u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX)
-    }
-
-    /// Parses and derives every line of `batch`; returns the events for the sinks (none when
-    /// there are no sinks). Each event holds the batch's acknowledgement, which fires once every
-    /// sink is done with every event of the batch (at once when there are no sinks).
-    pub fn process(&mut self, batch: &LineBatch) -> Vec<SinkEvent> {
-        let ack = batch
-            .ack
-            .clone()
-            .map(|a| AckToken::new(move || a.acknowledge()));
-        let want_events = !self.sinks.is_empty();
-        let mut out = Vec::with_capacity(if want_events { batch.lines.len() } else { 0 });
-        let received = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-        let tick = self.tick();
-        let mut tally = BatchTally::default();
-        let event_clock = match &self.alerts {
-            Some(a) if a.clock() == Clock::Event => true,
-            Some(_) => {
-                self.deriver.feed.now = received.div_euclid(1_000_000_000);
-                false
-            }
-            None => false,
-        };
-        // A source with a `parser` of its own: looked up once per batch, not per line.
-        let parser = self.parser.for_source(&batch.source);
-        for (at, span) in (0u32..).zip(&batch.lines) {
-            let (bytes, truncated) = (batch.line(span), span.truncated);
-            let mut issue = |i: ParseIssue| tally.issue(i, at);
-            if truncated {
-                issue(ParseIssue::Truncated);
-            }
-            let text = line_text(bytes, truncated, &mut issue);
-            let attrs = batch.attrs_of(span);
-            let mut repaired = String::new();
-            let ev = parser.parse_line(&text, &mut repaired, attrs, received, &mut issue);
-            tally.line(ev.parsed, at);
-            if event_clock {
-                // A backfill runs on the events' time; a line without a usable one (it got
-                // the arrival time) stays at the clock's current second instead of jumping
-                // the clock to today.
-                if let Some(a) = &mut self.alerts {
-                    if ev.timestamp != received {
-                        let sec = ev.timestamp.div_euclid(1_000_000_000);
-                        a.advance_to(&mut self.deriver.feed, sec);
-                        self.deriver.feed.now = sec;
-                    }
-                }
-            }
-            self.deriver.apply(&ev, tick);
-            // `[[spans]]`: a span rides on the event that ends it (same acknowledgement).
-            let ends_span = if self.deriver.spans.is_empty() {
-                None
-            } else {
-                self.deriver.spans.derive(&ev).map(Arc::new)
-            };
-            if want_events {
-                let id = match batch.origin {
-                    // A file line: its identity is its place in the file, stable across restarts.
-                    Some((stream, base)) if !truncated => {
-                        let mut key = [0u8; 16];
-                        key[..8].copy_from_slice(&stream.to_le_bytes());
-                        key[8..].copy_from_slice(&(base + u64::from(span.start)).to_le_bytes());
-                        xxh3_128(&key)
-                    }
-                    _ => {
-                        self.seq += 1;
-                        let mut h = xxhash_rust::xxh3::Xxh3::new();
-                        h.update(batch.source.as_bytes());
-                        h.update(&self.seq.to_le_bytes());
-                        h.update(bytes);
-                        h.digest128()
-                    }
-                };
-                out.push(SinkEvent {
-                    id: format!("{id:032x}"),
-                    // The repaired text where an unescaped message was fixed.
-                    line: ev.line.to_string(),
-                    timestamp: ev.timestamp,
-                    level: ev.level,
-                    component: ev.component.as_deref().map(str::to_string),
-                    message: ev.message.to_string(),
-                    trace_id: ev.trace_id.to_string(),
-                    is_json: ev.is_json,
-                    attrs: attrs
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                    source: batch.source.clone(),
-                    ack: ack.clone(),
-                    received,
-                    span: ends_span,
-                });
-            }
-        }
-        for (c, &n) in self.issues.iter().zip(&tally.counts) {
-            if n > 0 {
-                c.inc_by(n);
-            }
-        }
-        // Lines read: several make one event where multi-line joining put them together.
-        tally.lines = batch.lines.len() as u64 + batch.joined_lines;
-        let source = [&*batch.source];
-        self.selfm
-            .events_total
-            .with_label_values(&source)
-            .inc_by(batch.lines.len() as u64);
-        self.selfm
-            .lines_total
-            .with_label_values(&source)
-            .inc_by(tally.lines);
-        self.selfm
-            .bytes_total
-            .with_label_values(&source)
-            .inc_by(batch.bytes_read);
-        if !event_clock {
-            self.tick_alerts();
-        }
-        if let Some(t) = &self.tap {
-            t.offer(batch);
-        }
-        // A sample line is copied only when a reason is first seen.
-        let line_of = |i: u32| {
-            batch.lines.get(i as usize).map_or_else(String::new, |s| {
-                String::from_utf8_lossy(batch.line(s)).into_owned()
-            })
-        };
-        self.report
-            .add(&batch.source, batch.lines.len() as u64, &tally, line_of);
-        self.warnings.after_batch(&batch.source, &tally, line_of);
-        if tally.counts[ParseIssue::InvalidJson as usize] > 0 {
-            tracing::debug!(
-                source = %batch.source,
-                lines = tally.counts[ParseIssue::InvalidJson as usize],
-                "lines that are not JSON kept as raw-message events"
-            );
-        }
-        out
-    }
-
-    /// Hands the events of a batch to every sink (the last one gets the originals).
-    async fn fan_out(&mut self, events: Vec<SinkEvent>) {
-        if events.is_empty() {
-            return;
-        }
-        let n = self.sinks.len();
-        let mut events = Some(events);
-        for (i, sink) in self.sinks.iter_mut().enumerate() {
-            let mine = if i + 1 == n {
-                events.take().unwrap_or_default()
-            } else {
-                events.clone().unwrap_or_default()
-            };
-            for chunk in chunks(mine) {
-                if !sink.send(chunk).await {
-                    tracing::error!(sink = %sink.name, "sink stopped; its events are lost");
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Runs until every sender of `rx` is gone, on a thread of its own (a current-thread
-    /// runtime only for the channel and the timer). Each tick expires idle series.
-    fn spawn(
-        mut self,
-        mut rx: mpsc::Receiver<LineBatch>,
-        mut reloads: mpsc::Receiver<Reload>,
-        fill: prometheus::IntGauge,
-    ) -> std::io::Result<std::thread::JoinHandle<Option<Engine>>> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()?;
-        std::thread::Builder::new()
-            .name("weir-processor".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    let mut every = tokio::time::interval(TICK);
-                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    let mut last = (Instant::now(), 0u64);
-                    let mut events = 0u64;
-                    let mut alert_every = tokio::time::interval(Duration::from_secs(1));
-                    alert_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            batch = rx.recv() => {
-                                let Some(batch) = batch else {
-                                    self.finish_alerts();
-                                    return self.into_alerts();
-                                };
-                                fill.set(rx.len() as i64);
-                                events += batch.lines.len() as u64;
-                                let out = self.process(&batch);
-                                drop(batch);
-                                self.fan_out(out).await;
-                            }
-                            Some(r) = reloads.recv() => self.reload(r).await,
-                            _ = alert_every.tick() => self.tick_alerts(),
-                            _ = every.tick() => {
-                                let expired = self.deriver.expire(self.tick());
-                                if expired > 0 {
-                                    tracing::info!(series = expired, "expired idle series");
-                                }
-                                let secs = last.0.elapsed().as_secs_f64();
-                                if secs > 0.0 {
-                                    self.selfm
-                                        .events_per_second
-                                        .set((events - last.1) as f64 / secs);
-                                }
-                                last = (Instant::now(), events);
-                                // Parse problems: a summary per period at most (the first
-                                // of each reason was logged as it came).
-                                self.warnings.tick(Instant::now());
-                            }
-                        }
-                    }
-                })
-            })
-    }
-}
-
-/// Splits events into chunks of at most [`sink::CHUNK`].
-fn chunks(mut events: Vec<SinkEvent>) -> Vec<Vec<SinkEvent>> {
-    let mut out = Vec::new();
-    while events.len() > sink::CHUNK {
-        let rest = events.split_off(sink::CHUNK);
-        out.push(events);
-        events = rest;
-    }
-    out.push(events);
-    out
-}
-
-/// What the command line adds to a pipeline's sources and sinks (`weir run FILE`, `--tcp`,
-/// `--loki`, `--stdout`, `--buffer`); a reload adds it again to the new pipeline's.
-#[derive(Debug, Clone, Default)]
-pub struct CliAdditions {
-    pub files: Vec<PathBuf>,
-    pub tcp: Vec<String>,
-    pub format: Option<source::Format>,
-    /// `--multiline`, else the pipeline's top-level `multiline`: for the sources made here.
-    pub multiline: Option<source::multiline::MultilineConfig>,
-    pub stdout: bool,
-    pub sinks: Vec<SinkCfg>,
-    pub buffer: Option<sink::BufferKind>,
-}
-
-impl CliAdditions {
-    fn of(opts: &RunOptions, multiline: Option<&source::multiline::MultilineConfig>) -> Self {
-        CliAdditions {
-            files: opts.files.clone(),
-            tcp: opts.tcp.clone(),
-            format: opts.format,
-            multiline: opts.multiline.clone().or_else(|| multiline.cloned()),
-            stdout: opts.stdout,
-            sinks: opts.sinks.clone(),
-            buffer: opts.buffer,
-        }
-    }
-
-    /// The sinks to run, named: the pipeline's, then the command line's; by their `name`,
-    /// else `loki`, or `loki_2` when there are several of a kind.
-    pub fn sinks(&self, pipeline: Vec<SinkCfg>) -> Vec<(String, SinkCfg)> {
-        let mut cfgs = pipeline;
-        cfgs.extend(self.sinks.iter().cloned());
-        if self.stdout {
-            cfgs.push(SinkCfg::Stdout(sink::StdoutConfig::default()));
-        }
-        if let Some(kind) = self.buffer {
-            for c in &mut cfgs {
-                c.buffer_mut().kind = kind;
-            }
-        }
-        let kinds: Vec<&'static str> = cfgs.iter().map(SinkCfg::kind).collect();
-        cfgs.into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let same = kinds.iter().filter(|k| **k == c.kind()).count();
-                let name = match c.name() {
-                    Some(n) => n.to_string(),
-                    None if same > 1 => format!("{}_{}", c.kind(), i),
-                    None => c.kind().to_string(),
-                };
-                (name, c)
-            })
-            .collect()
-    }
-
-    /// The sources to run: the pipeline's, the command line's files and TCP addresses; stdin
-    /// when there is nothing else.
-    pub fn sources(&self, pipeline: Vec<SourceConfig>) -> Vec<SourceConfig> {
-        let format = self.format.unwrap_or_default();
-        let mut sources = pipeline;
-        if !self.files.is_empty() {
-            let mut f = source::FileConfig::for_paths(
-                self.files.iter().map(|p| p.display().to_string()).collect(),
-                format,
-            );
-            f.multiline = self.multiline.clone();
-            sources.push(SourceConfig::File(f));
-        }
-        for address in &self.tcp {
-            sources.push(SourceConfig::Tcp(source::TcpConfig {
-                address: address.clone(),
-                format,
-                multiline: self.multiline.clone(),
-                ..source::TcpConfig::default()
-            }));
-        }
-        if sources.is_empty() {
-            sources.push(SourceConfig::Stdin(source::StdinConfig {
-                format,
-                multiline: self.multiline.clone(),
-                parser: None,
-            }));
-        }
-        sources
+/// The command line's additions of a run.
+fn additions_of(
+    opts: &RunOptions,
+    multiline: Option<&source::multiline::MultilineConfig>,
+) -> CliAdditions {
+    CliAdditions {
+        files: opts.files.clone(),
+        tcp: opts.tcp.clone(),
+        format: opts.format,
+        multiline: opts.multiline.clone().or_else(|| multiline.cloned()),
+        stdout: opts.stdout,
+        sinks: opts.sinks.clone(),
+        buffer: opts.buffer,
     }
 }
 
@@ -652,7 +201,7 @@ pub async fn run(
         rules,
         notifiers,
     } = pipeline;
-    let adds = CliAdditions::of(&opts, multiline.as_ref());
+    let adds = additions_of(&opts, multiline.as_ref());
     let mut deriver = deriver;
     let data_dir = opts.data_dir.clone().or(pipeline_data_dir.clone());
     let sources = adds.sources(sources);
@@ -785,8 +334,12 @@ pub async fn run(
             None
         }
     };
+    let workers = match opts.threads {
+        0 => crate::processor::default_workers(),
+        n => n,
+    };
     let processing = processor
-        .spawn(rx, reload_rx, fill)
+        .spawn(rx, reload_rx, fill, workers)
         .context("cannot start the processing thread")?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -1070,7 +623,7 @@ labels = { level = "level" }
                     } else {
                         (p.strip_suffix(b"\r").unwrap_or(p), false)
                     };
-                    line_text(bytes, cut, &mut |_| {}).into_owned()
+                    crate::parse::line_text(bytes, cut, &mut |_| {}).into_owned()
                 })
                 .collect();
 

@@ -8,9 +8,9 @@ use serde_json::json;
 
 use super::engine::{Clock, Engine, Transition};
 use crate::config::PipelineConfig;
+use crate::processor::Processor;
 use crate::source::LineBatch;
 use crate::telemetry::SelfMetrics;
-use crate::topology::Processor;
 
 /// 2024-01-01T00:00:00Z.
 const T0: i64 = 1_704_067_200;

@@ -32,6 +32,34 @@ pub struct PathTrie {
 struct Node {
     id: Option<usize>,
     children: Vec<(Box<str>, usize)>,
+    /// Per child, in the same order, its segment's [`Probe`]: a key is compared with a
+    /// segment only where length and first bytes agree (a line's keys are looked up at every
+    /// object level, and the root has a child per fallback path of every event field).
+    probes: Vec<Probe>,
+    /// Whether some child has children: only then can a dotted key (`"log.level"`) lead
+    /// anywhere from here.
+    deep: bool,
+}
+
+/// A segment's length and its first 8 bytes (zero-padded), compared before its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Probe {
+    len: usize,
+    head: u64,
+}
+
+impl Probe {
+    #[inline]
+    fn of(s: &str) -> Probe {
+        let b = s.as_bytes();
+        let mut head = [0u8; 8];
+        let n = b.len().min(8);
+        head[..n].copy_from_slice(&b[..n]);
+        Probe {
+            len: b.len(),
+            head: u64::from_le_bytes(head),
+        }
+    }
 }
 
 impl PathTrie {
@@ -44,14 +72,20 @@ impl PathTrie {
 
     /// The id of `path` (dot-separated), added if new.
     pub fn intern(&mut self, path: &str) -> usize {
-        let mut node = 0;
+        let (mut node, mut parent): (usize, Option<usize>) = (0, None);
         for seg in path.split('.') {
+            if let Some(p) = parent {
+                // `node` gets (or has) a child: its parent can lead further than one step.
+                self.nodes[p].deep = true;
+            }
+            parent = Some(node);
             node = match self.child(node, seg) {
                 Some(n) => n,
                 None => {
                     self.nodes.push(Node::default());
                     let n = self.nodes.len() - 1;
                     self.nodes[node].children.push((seg.into(), n));
+                    self.nodes[node].probes.push(Probe::of(seg));
                     n
                 }
             };
@@ -87,20 +121,26 @@ impl PathTrie {
         &self.paths[id]
     }
 
+    #[inline]
     fn child(&self, node: usize, seg: &str) -> Option<usize> {
-        self.nodes[node]
-            .children
-            .iter()
-            .find(|(s, _)| &**s == seg)
-            .map(|&(_, n)| n)
+        let node = &self.nodes[node];
+        let probe = Probe::of(seg);
+        // Segments of up to 8 bytes are equal when their probes are; longer ones compare
+        // the rest only when the first 8 bytes agree.
+        let i = node.probes.iter().enumerate().position(|(i, p)| {
+            *p == probe
+                && (probe.len <= 8 || node.children[i].0.as_bytes()[8..] == seg.as_bytes()[8..])
+        })?;
+        Some(node.children[i].1)
     }
 
     /// The node a JSON key leads to from `node`, splitting dotted keys.
+    #[inline]
     fn step(&self, node: usize, key: &str) -> Option<usize> {
         if let Some(n) = self.child(node, key) {
             return Some(n);
         }
-        if !key.contains('.') {
+        if !self.nodes[node].deep || !key.contains('.') {
             return None;
         }
         key.split('.').try_fold(node, |n, seg| self.child(n, seg))

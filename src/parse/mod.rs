@@ -268,7 +268,7 @@ impl LineParser {
         issue: &mut impl FnMut(ParseIssue),
     ) -> Event<'a> {
         match &self.chain {
-            Some(chain) => self.parse_chain(chain, line, None, &[], received, issue),
+            Some(chain) => self.parse_chain(chain, line, None::<&mut String>, &[], received, issue),
             None => self.parse_with_attrs(line, &[], received, issue),
         }
     }
@@ -311,7 +311,7 @@ impl LineParser {
     pub fn parse_line<'a>(
         &self,
         line: &'a str,
-        scratch: &'a mut String,
+        scratch: impl Keep<'a>,
         attrs: &'a [(Box<str>, Box<str>)],
         received: TimestampNs,
         issue: &mut impl FnMut(ParseIssue),
@@ -332,7 +332,7 @@ impl LineParser {
         &self,
         chain: &text::Chain,
         line: &'a str,
-        scratch: Option<&'a mut String>,
+        scratch: Option<impl Keep<'a>>,
         attrs: &'a [(Box<str>, Box<str>)],
         received: TimestampNs,
         issue: &mut impl FnMut(ParseIssue),
@@ -449,7 +449,7 @@ impl LineParser {
     fn parse_json_line<'a>(
         &self,
         line: &'a str,
-        scratch: &'a mut String,
+        scratch: impl Keep<'a>,
         attrs: &'a [(Box<str>, Box<str>)],
         received: TimestampNs,
         issue: &mut impl FnMut(ParseIssue),
@@ -463,12 +463,12 @@ impl LineParser {
             // A joined multi-line event: the JSON head is repaired, its traceback kept as is.
             let (head, rest) = crate::event::split_joined(line);
             if let Some(fixed) = repair::unescaped_message(head, &self.repair_keys) {
-                *scratch = fixed;
+                let mut fixed = fixed;
                 if let Some(rest) = rest {
-                    scratch.push('\n');
-                    scratch.push_str(rest);
+                    fixed.push('\n');
+                    fixed.push_str(rest);
                 }
-                let fixed: &'a String = scratch;
+                let fixed = scratch.keep(fixed);
                 issue(ParseIssue::MessageUnescaped);
                 return self.parse_with_attrs(fixed, attrs, received, issue);
             }
@@ -605,6 +605,26 @@ fn owned_text<'a>(v: &Value<'a>) -> Option<Cow<'a, str>> {
         Value::Num(_, raw) | Value::Composite(raw) => Some(Cow::Borrowed(raw)),
         Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
         Value::Null => None,
+    }
+}
+
+/// Where a repaired line is kept for as long as its event lives (the event borrows it): a
+/// `String` of the caller's for one line at a time, or the arena of a batch whose events are
+/// handed to another thread together with their lines (see `processor`).
+pub trait Keep<'a> {
+    fn keep(self, text: String) -> &'a str;
+}
+
+impl<'a> Keep<'a> for &'a mut String {
+    fn keep(self, text: String) -> &'a str {
+        *self = text;
+        self.as_str()
+    }
+}
+
+impl<'a> Keep<'a> for &'a bumpalo::Bump {
+    fn keep(self, text: String) -> &'a str {
+        self.alloc_str(&text)
     }
 }
 

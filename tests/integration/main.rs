@@ -15,6 +15,7 @@ mod hostile;
 mod http;
 mod loki;
 mod multiline;
+mod order;
 mod otlp;
 mod parse_report;
 mod pipeline_tests;

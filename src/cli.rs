@@ -110,10 +110,10 @@ pub struct RunArgs {
     /// client, /tap included, that stops reading).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub http_write_timeout_secs: u64,
-    /// Parse threads (0: one per core). Lines are parsed on these in parallel and derived
-    /// on one more thread in the order they were read.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub threads: usize,
+    /// Parse threads, at most 256 (0: one per core). Lines are parsed on these in parallel
+    /// and derived on one more thread in the order they were read.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    pub threads: u16,
     /// Read the input to its end, print the final metrics (Prometheus text format) on stdout
     /// and exit. Serves nothing.
     #[arg(long)]
@@ -882,7 +882,7 @@ fn run_pipeline(args: RunArgs) -> anyhow::Result<ExitCode> {
         config: args.config.clone(),
         watch_config: args.watch_config,
         parse_report: parse_report.clone(),
-        threads: args.threads,
+        threads: usize::from(args.threads),
         multiline: args
             .multiline
             .as_deref()

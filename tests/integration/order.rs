@@ -327,3 +327,16 @@ fn arrival_times_rise_batch_after_batch_for_loki() {
         "refused out of order: {dead_lines:.300}"
     );
 }
+
+/// `--threads` is bounded: a number of parse threads no machine needs is a usage error (exit 2)
+/// that says the range, not thousands of threads.
+#[test]
+fn too_many_threads_is_a_usage_error() {
+    let out = weir()
+        .args(["run", "--oneshot", "--threads", "100000", "/dev/null"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not in 0..=256"), "{err}");
+}

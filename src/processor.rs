@@ -62,7 +62,7 @@ pub struct Parsed<'a> {
     pub events: Vec<Event<'a>>,
     /// The batch's parse problems.
     pub tally: BatchTally,
-    /// When the batch was parsed (the arrival time of lines without a timestamp).
+    /// When the batch arrived ([`Arrival`]): the timestamp of its lines without one.
     pub received: TimestampNs,
     /// The sinks' events (without their spans, which the derive stage adds), when the
     /// pipeline had sinks as the batch was parsed.
@@ -130,6 +130,8 @@ pub fn parse_batch<'a>(
         events.push(ev);
     }
     let sink_events = want_events.then(|| build_sink_events(batch, &events, received, seq));
+    // Lines read: several make one event where multi-line joining put them together.
+    tally.lines = batch.lines.len() as u64 + batch.joined_lines;
     Parsed {
         events,
         tally,
@@ -432,9 +434,6 @@ impl Processor {
                 c.inc_by(n);
             }
         }
-        let mut tally = tally.clone();
-        // Lines read: several make one event where multi-line joining put them together.
-        tally.lines = batch.lines.len() as u64 + batch.joined_lines;
         let source = [&*batch.source];
         self.selfm
             .events_total
@@ -461,14 +460,21 @@ impl Processor {
             })
         };
         self.report
-            .add(&batch.source, batch.lines.len() as u64, &tally, line_of);
-        self.warnings.after_batch(&batch.source, &tally, line_of);
+            .add(&batch.source, batch.lines.len() as u64, tally, line_of);
+        self.warnings.after_batch(&batch.source, tally, line_of);
         if tally.counts[ParseIssue::InvalidJson as usize] > 0 {
             tracing::debug!(
                 source = %batch.source,
                 lines = tally.counts[ParseIssue::InvalidJson as usize],
                 "lines that are not JSON kept as raw-message events"
             );
+        }
+        if out.is_empty() {
+            // No sink holds the batch (there is none, or it had no lines): the processor was
+            // the last to need it, so its checkpoint may pass it now.
+            if let Some(a) = &batch.ack {
+                a.acknowledge();
+            }
         }
         out
     }

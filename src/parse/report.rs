@@ -51,7 +51,6 @@ pub struct Sample {
 }
 
 /// One batch's parse problems, gathered by the processor line by line.
-#[derive(Clone)]
 pub struct BatchTally {
     /// Lines with each problem, indexed by `ParseIssue as usize`.
     pub counts: [u64; N],

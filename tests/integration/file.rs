@@ -977,3 +977,35 @@ fn sighup_without_a_config_file_is_logged_and_changes_nothing() {
     got.sort_unstable();
     assert_eq!(got, (0..chunk * chunks).collect::<Vec<_>>());
 }
+
+/// With no sink at all (metrics only), a tailed file's checkpoint passes the lines once they
+/// are derived: a restart on the same data dir counts only the lines written since, not the
+/// whole file again.
+#[test]
+fn without_sinks_the_checkpoint_follows_the_derived_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("app.log");
+    append(&log, 0, 5000);
+    let (log_arg, data_arg) = (
+        log.display().to_string(),
+        dir.path().join("data").display().to_string(),
+    );
+    let source = [("source", log_arg.as_str())];
+    let run = || spawn_weir(&["--data-dir", &data_arg, &log_arg]);
+    let stop = |mut w: Running| {
+        let pid = w.child.id().to_string();
+        let kill = std::process::Command::new("kill").arg(&pid).status();
+        assert!(kill.expect("kill").success());
+        assert!(w.child.wait().expect("wait").success());
+    };
+    let w = run();
+    wait_for_metric(&w.addr, "weir_lines_total", &source, 5000.0);
+    stop(w);
+    append(&log, 5000, 5100);
+    let w = run();
+    wait_for_metric(&w.addr, "weir_lines_total", &source, 100.0);
+    // Settled: nothing of the first 5000 comes after the new lines.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(metric(&w.addr, "weir_lines_total", &source), 100.0);
+    stop(w);
+}
